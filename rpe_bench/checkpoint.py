@@ -1,0 +1,59 @@
+"""End-of-epoch checkpoints: written atomically, loaded with `weights_only=True`, the previous one kept."""
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_NAME = "checkpoint-previous.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # weights_only loading accepts tensors and primitives, not numpy arrays.
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, state: dict) -> Path:
+    """Temp file, then rename; the checkpoint it replaces stays as checkpoint-previous.pt."""
+    folder = Path(folder)
+    path, temp = folder / CHECKPOINT_NAME, folder / f".{CHECKPOINT_NAME}.tmp"
+    torch.save(state, temp)
+    if path.exists():
+        os.replace(path, folder / PREVIOUS_NAME)
+    os.replace(temp, path)
+    return path
+
+
+def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
+    """The latest checkpoint in `folder`, or None when there is none."""
+    path = Path(folder) / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        previous = Path(folder) / PREVIOUS_NAME
+        keep = (f"; the previous good checkpoint is kept at {previous}: move {path.name} away to resume from it"
+                if previous.exists() else "")
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}){keep}") from None

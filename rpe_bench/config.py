@@ -1,0 +1,170 @@
+"""Typed config schemas (registered in Hydra's ConfigStore) and the range checks run once at start-up.
+
+Hydra refuses wrong types, unknown keys and unknown group options on the command line because the primary
+config extends `RunConfig`; values that are well typed but out of range are refused by `validate`.
+"""
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+from rpe_bench import pos
+
+
+class ConfigError(ValueError):
+    """A config value out of its allowed range; the message is one line naming the value and what is allowed."""
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when an API key is configured, else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class AugmentConfig:
+    random_crop_padding: int = 0
+    horizontal_flip: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = "${oc.env:RPE_BENCH_DATA,./data}"
+    download: bool = True
+    image_size: int = MISSING
+    channels: int = MISSING
+    num_classes: int = MISSING
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+    patch_size: int = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Evaluate the trained model at these larger input sizes (images resized, patch grid grown).
+    extrapolation_sizes: List[int] = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    emb_dim: int = MISSING
+    depth: int = MISSING
+    num_heads: int = MISSING
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    patch_size: int = II("dataset.patch_size")
+
+
+@dataclass
+class PosConfig:
+    name: str = MISSING
+    # APE: a learned table added to the patch tokens, on top of whatever the attention does.
+    absolute_table: bool = False
+    # Passed to rpe_bench.pos.build; each encoding refuses options it does not know.
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SparsityConfig:
+    f: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    schedule: Schedule = Schedule.constant
+    warmup_epochs: float = 0.0
+    grad_clip: Optional[float] = None
+    device: Device = Device.auto
+    precision: Precision = Precision.fp32
+    threads: Optional[int] = None
+    compile: bool = False
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    inference_timing_batches: int = 10
+    resume: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    mode: WandbMode = WandbMode.auto
+    project: str = "rpe_bench"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    log_every_steps: int = 10
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    pos: PosConfig = MISSING
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 42
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def validate(cfg) -> None:
+    """Range checks that types alone cannot express. Raises ConfigError with one line."""
+
+    def refuse(message: str) -> None:
+        raise ConfigError(message)
+
+    dataset, model, trainer = cfg.dataset, cfg.model, cfg.trainer
+    if not 0.0 < cfg.sparsity.f <= 1.0:
+        refuse(f"sparsity.f={cfg.sparsity.f} is out of range: allowed 0 < f <= 1")
+    if model.patch_size < 1 or dataset.image_size % model.patch_size:
+        refuse(f"patch size {model.patch_size} does not divide image size {dataset.image_size}: "
+               f"allowed divisors are {[p for p in range(1, dataset.image_size + 1) if dataset.image_size % p == 0]}")
+    if model.num_heads < 1 or model.emb_dim % model.num_heads:
+        refuse(f"model.emb_dim={model.emb_dim} is not divisible by model.num_heads={model.num_heads}")
+    try:  # each encoding checks its own options (head dim, f, k): building one is cheap
+        pos.build(cfg.pos.name, head_dim=model.emb_dim // model.num_heads, num_heads=model.num_heads,
+                  **cfg.pos.options)
+    except ValueError as error:
+        refuse(f"pos={cfg.pos.name} with emb_dim {model.emb_dim} and {model.num_heads} heads: {error}")
+    if model.depth < 1:
+        refuse(f"model.depth={model.depth} must be >= 1")
+    if trainer.lr <= 0:
+        refuse(f"trainer.lr={trainer.lr} must be > 0")
+    if trainer.weight_decay < 0:
+        refuse(f"trainer.weight_decay={trainer.weight_decay} must be >= 0")
+    if trainer.epochs < 1:
+        refuse(f"trainer.epochs={trainer.epochs} must be >= 1")
+    if trainer.batch_size < 1:
+        refuse(f"trainer.batch_size={trainer.batch_size} must be >= 1")
+    if trainer.warmup_epochs < 0:
+        refuse(f"trainer.warmup_epochs={trainer.warmup_epochs} must be >= 0")
+    for key in ("limit_train_batches", "limit_val_batches", "threads"):
+        value = trainer[key]
+        if value is not None and value < 1:
+            refuse(f"trainer.{key}={value} must be >= 1 or null")
+    for size in dataset.extrapolation_sizes:
+        if size % model.patch_size:
+            refuse(f"dataset.extrapolation_sizes holds {size}, not a multiple of patch size {model.patch_size}")

@@ -1,0 +1,181 @@
+"""A small pre-norm Vision Transformer whose attention hands q and k to a position-encoding module."""
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rpe_bench import pos as position_encodings
+from rpe_bench.pos.base import PositionEncoding
+
+
+@dataclass
+class VitShape:
+    image_size: int
+    patch_size: int
+    channels: int
+    num_classes: int
+    emb_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+
+def patch_coordinates(grid_height: int, grid_width: int, device=None) -> torch.Tensor:
+    """(1 + H*W, 2) float (x, y) positions: the CLS token first, at the origin, where every rotation is the
+    identity (RoPE-ViT leaves CLS unrotated), then the patches in row-major order."""
+    ys, xs = torch.meshgrid(torch.arange(grid_height, device=device, dtype=torch.float32),
+                            torch.arange(grid_width, device=device, dtype=torch.float32), indexing="ij")
+    patches = torch.stack([xs.flatten(), ys.flatten()], dim=1)
+    return torch.cat([patches.new_zeros(1, 2), patches])
+
+
+def fold_basis(weight: torch.Tensor, bias: torch.Tensor, basis: torch.Tensor):
+    """W_q' = blockdiag_h(P_h) W_q and the same for W_k (bias too), in a fused qkv projection.
+
+    STRING applies P to q and k before the rotation; folding it into the projection keeps the per-token cost
+    equal to RoPE's, and gradients still reach P's parameters through this product."""
+    heads, head_dim, _ = basis.shape
+    emb_dim = weight.shape[1]
+    qk_weight = weight[: 2 * emb_dim].view(2, heads, head_dim, emb_dim)
+    qk_bias = bias[: 2 * emb_dim].view(2, heads, head_dim)
+    basis = basis.to(weight.dtype)
+    folded_weight = torch.einsum("hij,shjc->shic", basis, qk_weight).reshape(2 * emb_dim, emb_dim)
+    folded_bias = torch.einsum("hij,shj->shi", basis, qk_bias).reshape(2 * emb_dim)
+    return torch.cat([folded_weight, weight[2 * emb_dim:]]), torch.cat([folded_bias, bias[2 * emb_dim:]])
+
+
+class Attention(nn.Module):
+    def __init__(self, emb_dim: int, num_heads: int, position: PositionEncoding):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(emb_dim, 3 * emb_dim)
+        self.proj = nn.Linear(emb_dim, emb_dim)
+        self.position = position
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        batch, tokens, emb_dim = x.shape
+        weight, bias = self.qkv.weight, self.qkv.bias
+        basis = self.position.projection_basis()
+        if basis is not None:
+            weight, bias = fold_basis(weight, bias, basis)
+        qkv = F.linear(x, weight, bias).view(batch, tokens, 3, self.num_heads, emb_dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.position.rotate(q, k, coords)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, emb_dim))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: VitShape, position: PositionEncoding):
+        super().__init__()
+        hidden = int(shape.emb_dim * shape.mlp_ratio)
+        self.norm1 = nn.LayerNorm(shape.emb_dim)
+        self.attention = Attention(shape.emb_dim, shape.num_heads, position)
+        self.norm2 = nn.LayerNorm(shape.emb_dim)
+        self.mlp = nn.Sequential(nn.Linear(shape.emb_dim, hidden), nn.GELU(), nn.Dropout(shape.dropout),
+                                 nn.Linear(hidden, shape.emb_dim), nn.Dropout(shape.dropout))
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), coords)
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, shape: VitShape, position_name: str, position_options: Dict[str, Any] | None = None,
+                 absolute_table: bool = False):
+        super().__init__()
+        self.shape = shape
+        self.grid_size = shape.image_size // shape.patch_size
+        head_dim = shape.emb_dim // shape.num_heads
+        self.patch_embedding = nn.Conv2d(shape.channels, shape.emb_dim, shape.patch_size, shape.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, shape.emb_dim))
+        self.absolute_table = (nn.Parameter(torch.zeros(1, self.grid_size ** 2, shape.emb_dim))
+                               if absolute_table else None)
+        self.blocks = nn.ModuleList(
+            Block(shape, position_encodings.build(position_name, head_dim=head_dim, num_heads=shape.num_heads,
+                                                  **(position_options or {})))
+            for _ in range(shape.depth))
+        self.norm = nn.LayerNorm(shape.emb_dim)
+        self.head = nn.Linear(shape.emb_dim, shape.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.absolute_table is not None:
+            nn.init.trunc_normal_(self.absolute_table, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def absolute_positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """The APE table on this grid: bicubic interpolation over the 2D grid (as timm) when it differs from
+        the training grid, so the model can be evaluated at other resolutions."""
+        table = self.absolute_table
+        if (grid_height, grid_width) == (self.grid_size, self.grid_size):
+            return table
+        grid = table.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embedding(images)
+        grid_height, grid_width = patches.shape[-2:]
+        x = patches.flatten(2).transpose(1, 2)
+        if self.absolute_table is not None:
+            x = x + self.absolute_positions(grid_height, grid_width)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        coords = patch_coordinates(grid_height, grid_width, device=images.device)
+        for block in self.blocks:
+            x = block(x, coords)
+        return self.norm(x[:, 0])
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    @torch.no_grad()
+    def fold_position_bases_(self) -> None:
+        """Bake every STRING basis P into W_q / W_k once, for inference: afterwards each layer runs plain
+        RoPE(-Mixed) and the logits are unchanged."""
+        for block in self.blocks:
+            attention = block.attention
+            basis = attention.position.projection_basis()
+            if basis is None:
+                continue
+            weight, bias = fold_basis(attention.qkv.weight, attention.qkv.bias, basis)
+            attention.qkv.weight.copy_(weight)
+            attention.qkv.bias.copy_(bias)
+            attention.position.fold_basis_()
+
+
+def parameter_groups(model: nn.Module, weight_decay: float):
+    """AdamW groups: biases, norms, tokens, position tables and every position encoding's learnable
+    frequencies or generators are excluded from weight decay (decaying a generator pulls P towards I)."""
+    no_decay = {"cls_token", "absolute_table"}
+    for module_name, module in model.named_modules():
+        if isinstance(module, PositionEncoding):
+            no_decay |= {f"{module_name}.{name}" for name in module.no_weight_decay()}
+    decay, keep = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (keep if parameter.ndim < 2 or name in no_decay else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def build_model(cfg) -> VisionTransformer:
+    shape = VitShape(image_size=cfg.dataset.image_size, patch_size=cfg.model.patch_size,
+                     channels=cfg.dataset.channels, num_classes=cfg.dataset.num_classes,
+                     emb_dim=cfg.model.emb_dim, depth=cfg.model.depth, num_heads=cfg.model.num_heads,
+                     mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout)
+    return VisionTransformer(shape, cfg.pos.name, dict(cfg.pos.options), absolute_table=cfg.pos.absolute_table)

@@ -1,0 +1,91 @@
+"""Composition of every option of every config group, and refusal of bad values."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from rpe_bench.config import ConfigError, validate
+from tests.helpers import CONF_DIR, compose_config
+
+GROUPS = ["dataset", "model", "pos", "sparsity", "trainer", "logger", "variant", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_default_config_is_the_reference_notebook_first_cell():
+    cfg = compose_config()
+    validate(cfg)
+    assert (cfg.dataset.name, cfg.pos.name, cfg.seed) == ("mnist", "rope", 42)
+    assert (cfg.model.emb_dim, cfg.model.depth, cfg.model.num_heads, cfg.model.patch_size) == (128, 4, 4, 7)
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.lr, cfg.trainer.weight_decay) == (
+        128, 2, 3e-4, 0.01)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_of_every_group_composes_and_validates(group, option):
+    cfg = compose_config(f"{group}={option}")
+    if group in ("dataset", "pos"):
+        assert cfg[group].name == option
+    validate(cfg)
+
+
+def test_sparsity_options_set_f_and_reach_cayley_sparse():
+    assert compose_config("sparsity=dense").sparsity.f == 1.0
+    for value in ("0.5", "0.3", "0.2", "0.1"):
+        cfg = compose_config("pos=cayley_sparse", f"sparsity={value}")
+        assert cfg.pos.options.f == float(value)
+    assert compose_config("pos=cayley_sparse", "sparsity.f=0.25").pos.options.f == 0.25
+
+
+def test_patch_size_defaults_to_the_dataset_and_can_be_overridden():
+    assert compose_config("dataset=cifar10").model.patch_size == 4
+    assert compose_config("dataset=cifar10", "model.patch_size=8").model.patch_size == 8
+
+
+@pytest.mark.parametrize("override,error", [
+    ("trainer.epochs=two", ValidationError),
+    ("model.emb_dim=1.5", ValidationError),
+    ("trainer.unknown_key=1", ConfigCompositionException),
+    ("pos=not_an_encoding", ConfigCompositionException),
+    ("dataset=imagenet", ConfigCompositionException),
+    ("trainer.device=tpu", ValidationError),
+    ("trainer.precision=fp8", ValidationError),
+])
+def test_hydra_refuses_bad_types_keys_and_options(override, error):
+    with pytest.raises((error, ConfigCompositionException, ConfigKeyError)):
+        compose_config(override)
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["pos=cayley_sparse", "sparsity.f=0"], "sparsity.f=0"),
+    (["pos=cayley_sparse", "sparsity.f=1.5"], "sparsity.f=1.5"),
+    (["model.patch_size=5"], "patch size 5"),
+    (["model.emb_dim=130"], "emb_dim=130"),
+    (["model.emb_dim=120", "model.num_heads=4"], "30"),  # head dim 30 is not divisible by 4
+    (["trainer.lr=0"], "trainer.lr=0"),
+    (["trainer.epochs=0"], "trainer.epochs=0"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0"),
+    (["pos=reflection", "pos.options.k=0"], "k=0"),
+])
+def test_out_of_range_values_are_refused_with_one_line(overrides, named):
+    cfg = compose_config(*overrides)
+    with pytest.raises(ConfigError) as refused:
+        validate(cfg)
+    message = str(refused.value)
+    assert named in message and "\n" not in message
+
+
+def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "rpe_bench.train", "model.emb_dim=130", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert completed.returncode == 2
+    assert "emb_dim=130" in completed.stderr
+    assert not run_dir.exists()
+    assert not (tmp_path / "outputs").exists()
