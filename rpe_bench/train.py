@@ -26,6 +26,7 @@ from rpe_bench.tracking import notebook_config, open_wandb_run, write_json_atomi
 
 log = logging.getLogger("rpe_bench")
 PROGRESS_LINE_EVERY_STEPS = 100
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class TrainingDiverged(RuntimeError):
@@ -270,7 +271,7 @@ def record_failure(cfg, output_dir: Path, error: BaseException) -> None:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN

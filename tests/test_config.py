@@ -37,7 +37,7 @@ def test_every_option_of_every_group_composes_and_validates(group, option):
 def test_sparsity_options_set_f_and_reach_cayley_sparse():
     assert compose_config("sparsity=dense").sparsity.f == 1.0
     for value in ("0.5", "0.3", "0.2", "0.1"):
-        cfg = compose_config("pos=cayley_sparse", f"sparsity={value}")
+        cfg = compose_config("pos=cayley_sparse", f"sparsity=f{value}")
         assert cfg.pos.options.f == float(value)
     assert compose_config("pos=cayley_sparse", "sparsity.f=0.25").pos.options.f == 0.25
 

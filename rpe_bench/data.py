@@ -1,0 +1,255 @@
+"""Datasets -> in-memory uint8 tensors, and batches built on the device by indexing them.
+
+    train, test = load_splits("cifar10", root, download=True, image_size=32, channels=3)
+    batches = BatchIterator(train, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0),
+                            device="cuda", mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26],
+                            augment=Augment(random_crop_padding=4, horizontal_flip=True))
+    for epoch in range(epochs):
+        for images, labels in batches:  # float32 (B, C, H, W) normalised, int64 (B,), both on the device
+            ...
+    BatchIterator(test, 256, shuffle=False, generator=None, device="cuda", mean=..., std=..., augment=None,
+                  output_size=48)  # resolution extrapolation: batches resized with `resize_batch`
+
+Datasets (`load_splits` names):
+  mnist, fashion_mnist, cifar10, cifar100  torchvision's files under root (download=download).
+  digits        scikit-learn's bundled 8x8 digits (real data, no download); a fixed permutation (seed 0) puts
+                360 images in test and 1437 in train.
+  image_folder  root/train/<class>/*.jpg|png|... and root/test/<class>/...; decoded once (PIL), then cached in
+                root/.rpe_bench_cache_<size>_<channels>.pt, rebuilt when the list of files changes.
+Every split is converted to `channels` (1 or 3) and resized to image_size x image_size when it differs.
+Missing files that cannot be downloaded raise DatasetNotFoundError with one line naming the folder and files.
+
+Build one BatchIterator per split and iterate it every epoch: its tensors move to the device in the
+constructor, once. Each pass draws the order, crop offsets and flips for the whole epoch from the generator
+(on the generator's device), so a CPU generator with a given seed gives the same batches on CPU and GPU.
+"""
+import hashlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import datasets
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+DIGITS_TEST_SIZE = 360
+ROOT_HINT = "Set RPE_BENCH_DATA or dataset.root=..."
+
+
+class DatasetNotFoundError(ValueError):
+    """A dataset's files are missing and were not downloaded; the message is one line."""
+
+
+@dataclass
+class ImageTensors:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Augment:
+    random_crop_padding: int = 0  # zero-pad each side, then crop back to the original size at a random offset
+    horizontal_flip: bool = False
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) uint8 or float -> (B, C, size, size), bilinear with antialiasing (it matters when shrinking)."""
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def conform(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
+    if images.shape[1] != channels:
+        images = rgb_to_grayscale(images) if channels == 1 else images.expand(-1, channels, -1, -1)
+    if images.shape[-2:] != (image_size, image_size):
+        images = resize_batch(images, image_size)
+    return images.contiguous()
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def torchvision_loader(dataset_class, folder: str, expected: Sequence[str]):
+    """A loader for a torchvision dataset whose files sit in root/folder."""
+
+    def load(root: str, download: bool, image_size: int, channels: int):
+        try:
+            splits = [dataset_class(root, train=train, download=download) for train in (True, False)]
+        except (RuntimeError, OSError) as error:  # torchvision's missing files and failed downloads
+            reason = f"download failed: {one_line(error)}" if download else "dataset.download=false"
+            raise DatasetNotFoundError(
+                f"{dataset_class.__name__} not found in {os.path.join(root, folder)} (expected "
+                f"{', '.join(expected)}); {reason}. {ROOT_HINT}") from error
+        tensors = []
+        for split in splits:
+            images = torch.as_tensor(split.data)  # MNIST: (N, H, W) tensor, CIFAR: (N, H, W, C) numpy array
+            images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+            tensors.append(ImageTensors(images, torch.as_tensor(split.targets, dtype=torch.int64)))
+        return tuple(tensors)
+
+    return load
+
+
+def mnist_loader(dataset_class):
+    expected = [os.path.splitext(name)[0] for name, _ in dataset_class.resources]  # stored uncompressed
+    return torchvision_loader(dataset_class, os.path.join(dataset_class.__name__, "raw"), expected)
+
+
+def cifar_loader(dataset_class):
+    expected = [name for name, _ in dataset_class.train_list + dataset_class.test_list]
+    return torchvision_loader(dataset_class, dataset_class.base_folder, expected + [dataset_class.meta["filename"]])
+
+
+def load_digits(root: str, download: bool, image_size: int, channels: int):
+    from sklearn.datasets import load_digits as sklearn_digits  # imported here: scikit-learn takes a second
+
+    digits = sklearn_digits()
+    images = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).to(torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    train, test = order[DIGITS_TEST_SIZE:], order[:DIGITS_TEST_SIZE]
+    return ImageTensors(images[train], labels[train]), ImageTensors(images[test], labels[test])
+
+
+def decode_images(samples, image_size: int, channels: int) -> ImageTensors:
+    # One thread: PIL releases the GIL while decoding, yet threads measured no faster on these 32x32 JPEGs.
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for path, _ in samples:
+        with Image.open(path) as image:
+            pixels = torch.from_numpy(np.array(image if image.mode == mode else image.convert(mode)))
+        pixels = pixels.reshape(*pixels.shape[:2], -1).permute(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
+        if pixels.shape[-2:] != (image_size, image_size):
+            pixels = resize_batch(pixels[None], image_size)[0]
+        images.append(pixels)
+    return ImageTensors(torch.stack(images), torch.tensor([label for _, label in samples], dtype=torch.int64))
+
+
+def save_atomically(payload, path: str) -> None:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a cache."""
+    temp_name = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".rpe_bench_tmp_", delete=False) as handle:
+            temp_name = handle.name
+            torch.save(payload, handle)
+        os.chmod(temp_name, 0o644)  # temp files are private; the cache is as readable as the images
+        os.replace(temp_name, path)
+    except OSError as error:  # a read-only data folder still loads, only slower next time
+        warnings.warn(f"could not cache decoded images in {path}: {error}")
+        if temp_name and os.path.exists(temp_name):
+            os.remove(temp_name)
+
+
+def load_image_folder(root: str, download: bool, image_size: int, channels: int):
+    try:
+        classes, class_to_index = find_classes(os.path.join(root, "train"))
+        samples = [make_dataset(os.path.join(root, split), class_to_index, extensions=IMG_EXTENSIONS)
+                   for split in ("train", "test")]
+    except FileNotFoundError as error:
+        raise DatasetNotFoundError(
+            f"image_folder not found in {root} (expected train/<class>/ and test/<class>/ holding "
+            f"image files): {one_line(error)}. {ROOT_HINT}") from error
+    names = "\n".join(f"{os.path.relpath(path, root)} {label}" for split in samples for path, label in split)
+    key = hashlib.sha256(names.encode()).hexdigest()
+    cache = os.path.join(root, f".rpe_bench_cache_{image_size}_{channels}.pt")
+    if os.path.exists(cache):
+        saved = torch.load(cache, weights_only=True)
+        if saved["key"] == key:
+            return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
+    train, test = (decode_images(split, image_size, channels) for split in samples)
+    save_atomically({"key": key, "classes": classes, "train": (train.images, train.labels),
+                     "test": (test.images, test.labels)}, cache)
+    return train, test
+
+
+LOADERS = {
+    "mnist": mnist_loader(datasets.MNIST),
+    "fashion_mnist": mnist_loader(datasets.FashionMNIST),
+    "cifar10": cifar_loader(datasets.CIFAR10),
+    "cifar100": cifar_loader(datasets.CIFAR100),
+    "digits": load_digits,
+    "image_folder": load_image_folder,
+}
+
+
+def load_splits(name: str, root: str, download: bool, image_size: int,
+                channels: int) -> tuple[ImageTensors, ImageTensors]:
+    """(train, test), each uint8 (N, channels, image_size, image_size) images and int64 labels, on the CPU."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}: available {sorted(LOADERS)}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: allowed 1 or 3")
+    splits = LOADERS[name](os.path.expanduser(root), download, image_size, channels)
+    return tuple(ImageTensors(conform(split.images, image_size, channels), split.labels) for split in splits)
+
+
+def crop_and_flip(images: torch.Tensor, padding: int, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Per image: zero-pad, crop the original size at offsets (B, 2) (row, column), mirror where flips (B,).
+
+    One gather for the whole batch: the flip reverses the column indices of the crop window."""
+    batch, channels, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    rows = offsets[:, 0, None] + torch.arange(height, device=images.device)
+    columns = torch.arange(width, device=images.device)
+    columns = torch.where(flips[:, None], width - 1 - columns, columns) + offsets[:, 1, None]
+    return padded[torch.arange(batch, device=images.device)[:, None, None, None],
+                  torch.arange(channels, device=images.device)[None, :, None, None],
+                  rows[:, None, :, None], columns[:, None, None, :]]
+
+
+class BatchIterator:
+    """Batches of (float32 normalised images, int64 labels) on `device`, built by indexing uint8 tensors."""
+
+    def __init__(self, data: ImageTensors, batch_size: int, shuffle: bool, generator: Optional[torch.Generator],
+                 device, mean: Sequence[float], std: Sequence[float], augment: Optional[Augment] = None,
+                 drop_last: bool = False, limit_batches: Optional[int] = None, output_size: Optional[int] = None):
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device, non_blocking=True)
+        self.labels = data.labels.to(self.device, non_blocking=True)
+        channels = self.images.shape[1]
+        if len(mean) not in (1, channels) or len(std) not in (1, channels):
+            raise ValueError(f"mean {list(mean)} and std {list(std)} need 1 or {channels} values")
+        # (x / 255 - mean) / std as one multiply-add.
+        std = torch.tensor(std, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+        self.scale = 1 / (255 * std)
+        self.shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(-1, 1, 1) / std
+        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.augment = augment if augment and (augment.random_crop_padding or augment.horizontal_flip) else None
+        self.drop_last, self.limit_batches, self.output_size = drop_last, limit_batches, output_size
+
+    def __len__(self) -> int:
+        count = len(self.labels) // self.batch_size if self.drop_last else -(-len(self.labels) // self.batch_size)
+        return count if self.limit_batches is None else min(count, self.limit_batches)
+
+    def random(self, draw, *args, **kwargs) -> torch.Tensor:
+        """A draw from self.generator on its device, moved to the data's device."""
+        device = self.generator.device if self.generator is not None else self.device
+        return draw(*args, generator=self.generator, device=device, **kwargs).to(self.device, non_blocking=True)
+
+    def __iter__(self):
+        count = len(self.labels)
+        order = self.random(torch.randperm, count) if self.shuffle else torch.arange(count, device=self.device)
+        if self.augment:
+            padding = self.augment.random_crop_padding
+            offsets = self.random(torch.randint, 0, 2 * padding + 1, (count, 2))
+            flips = (self.random(torch.randint, 0, 2, (count,)).bool() if self.augment.horizontal_flip
+                     else torch.zeros(count, dtype=torch.bool, device=self.device))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = crop_and_flip(images, padding, offsets[start:start + len(index)],
+                                       flips[start:start + len(index)])
+            images = images.float().mul_(self.scale).sub_(self.shift)
+            if self.output_size is not None and images.shape[-1] != self.output_size:
+                images = resize_batch(images, self.output_size)
+            yield images, self.labels[index]

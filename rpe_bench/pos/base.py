@@ -1,0 +1,47 @@
+"""The interface every position encoding implements (see docs/design.md), with identity defaults."""
+from typing import Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+
+class PositionEncoding(nn.Module):
+    """Encodes q and k, shaped (batch, heads, tokens, head_dim), from token coordinates (tokens, 2) = (x, y).
+
+    STRING variants have an orthogonal basis P per head, applied before the rotation. The attention folds P
+    into its q/k projection (`projection_basis`), so per token only `rotate` runs, at RoPE's cost; `forward`
+    is the unfolded reference form of the same function."""
+
+    def __init__(self, head_dim: int, num_heads: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.num_heads = num_heads
+        self.basis_folded = False
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        basis = self.projection_basis()
+        if basis is not None:
+            basis = basis.to(q.dtype)
+            q = torch.einsum("hij,bhtj->bhti", basis, q)
+            k = torch.einsum("hij,bhtj->bhti", basis, k)
+        return self.rotate(q, k, coords)
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def basis(self) -> Optional[torch.Tensor]:
+        """P, (heads, head_dim, head_dim), for STRING variants; None for the others."""
+        return None
+
+    def projection_basis(self) -> Optional[torch.Tensor]:
+        """What the attention must fold into W_q / W_k on this forward pass."""
+        return None if self.basis_folded else self.basis()
+
+    def fold_basis_(self) -> None:
+        """Record that the model has baked P into its projection weights, so P must not be applied again."""
+        self.basis_folded = True
+
+    def no_weight_decay(self) -> Set[str]:
+        """Every parameter of an encoding is a frequency or a generator: decay would pull frequencies to 0
+        and P towards I, a prior none of the papers uses."""
+        return {name for name, _ in self.named_parameters()}

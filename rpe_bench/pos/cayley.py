@@ -1,0 +1,31 @@
+"""Cayley-STRING (Schenck et al. 2025): q -> RoPE(r) P q with P = (I - S)(I + S)^-1, S skew-symmetric."""
+import torch
+from torch import nn
+
+from rpe_bench.pos import register
+from rpe_bench.pos.rope import AxialRope
+
+
+@register("cayley_dense")
+class CayleyString(AxialRope):
+    """S per head from its free strictly-upper entries (`generator`), initialised to 0 so that P = I and the
+    encoding starts as exact axial RoPE. P is orthogonal with det +1 for any S."""
+
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
+        super().__init__(head_dim, num_heads, rope_base)
+        rows, cols = torch.triu_indices(head_dim, head_dim, offset=1)
+        # Flat positions in the d x d matrix of the entries the generator fills, per head.
+        self.register_buffer("free_entries", (rows * head_dim + cols).repeat(num_heads, 1), persistent=False)
+        self.generator = nn.Parameter(torch.zeros(num_heads, rows.numel()))
+
+    def skew_generator(self) -> torch.Tensor:
+        heads, dim = self.num_heads, self.head_dim
+        upper = self.generator.new_zeros(heads, dim * dim).scatter(1, self.free_entries, self.generator)
+        upper = upper.view(heads, dim, dim)
+        return upper - upper.transpose(1, 2)
+
+    def basis(self) -> torch.Tensor:
+        skew = self.skew_generator()
+        identity = torch.eye(self.head_dim, dtype=skew.dtype, device=skew.device)
+        # (I - S) and (I + S)^-1 commute, so one batched solve gives P without forming an inverse.
+        return torch.linalg.solve(identity + skew, identity - skew)

@@ -1,0 +1,33 @@
+"""RoPE-Mixed (Heo et al. 2024): learnable frequencies per head, each pair rotating along its own direction
+in the (x, y) plane."""
+import math
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from rpe_bench.pos import register
+from rpe_bench.pos.rotary import RotaryEncoding, axial_frequencies
+
+
+def mixed_frequencies(head_dim: int, num_heads: int, base: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The RoPE-ViT init, (heads, d/2) each: axial magnitudes m_t; per head one random direction a, the first
+    d/4 pairs along (cos a, sin a) and the next d/4 along the perpendicular a + pi/2."""
+    magnitudes = axial_frequencies(head_dim, base)
+    directions = torch.rand(num_heads, 1) * 2 * math.pi
+    directions = torch.cat([directions.expand(-1, magnitudes.numel()),
+                            (directions + math.pi / 2).expand(-1, magnitudes.numel())], dim=1)
+    magnitudes = magnitudes.repeat(2)
+    return magnitudes * directions.cos(), magnitudes * directions.sin()
+
+
+@register("rope_mixed")
+class RopeMixed(RotaryEncoding):
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
+        super().__init__(head_dim, num_heads)
+        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base)
+        self.theta_x = nn.Parameter(theta_x)
+        self.theta_y = nn.Parameter(theta_y)
+
+    def frequencies(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.theta_x, self.theta_y

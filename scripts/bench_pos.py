@@ -1,0 +1,165 @@
+"""Benchmark every position encoding: median train-step and inference time, as ratios to RoPE.
+
+Every variant is timed in the same process, interleaved round by round with RoPE, on the reference notebook's
+two model shapes at batch 128, so machine noise hits all variants alike. Also compares our RoPE ViT with
+timm's EVA ViT with rotary embeddings at the same widths, and bf16 autocast with fp32.
+
+    python scripts/bench_pos.py --output docs/bench_pos            # writes .json and .md
+"""
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rpe_bench import pos
+from rpe_bench.model import VisionTransformer, VitShape
+
+SHAPES = {
+    "mnist (28x28, patch 7, emb 128)": VitShape(image_size=28, patch_size=7, channels=1, num_classes=10,
+                                                emb_dim=128, depth=4, num_heads=4),
+    "cifar (32x32, patch 4, emb 192)": VitShape(image_size=32, patch_size=4, channels=3, num_classes=10,
+                                                emb_dim=192, depth=4, num_heads=4),
+}
+# (label, registered name, options, APE table)
+VARIANTS = [
+    ("rope", "rope", {}, False),
+    ("none", "none", {}, False),
+    ("ape", "ape", {}, True),
+    ("rope_mixed", "rope_mixed", {}, False),
+    ("cayley_dense", "cayley_dense", {}, False),
+    ("cayley_sparse f=0.5", "cayley_sparse", {"f": 0.5}, False),
+    ("cayley_sparse f=0.1", "cayley_sparse", {"f": 0.1}, False),
+    ("reflection k=d", "reflection", {}, False),
+    ("circulant", "circulant", {}, False),
+]
+
+
+def perturb_position_parameters(model: torch.nn.Module) -> None:
+    """Move generators and vectors off their initial values, so nothing is timed at a special point."""
+    with torch.no_grad():
+        for block in model.blocks:
+            for parameter in block.attention.position.parameters():
+                parameter.add_(0.01 * torch.randn_like(parameter))
+
+
+def timm_eva_rope(shape: VitShape) -> torch.nn.Module:
+    from timm.models.eva import Eva
+    return Eva(img_size=shape.image_size, patch_size=shape.patch_size, in_chans=shape.channels,
+               num_classes=shape.num_classes, embed_dim=shape.emb_dim, depth=shape.depth,
+               num_heads=shape.num_heads, mlp_ratio=shape.mlp_ratio, global_pool="token",
+               use_abs_pos_emb=False, use_rot_pos_emb=True, rope_temperature=100.0)
+
+
+class Contender:
+    """One model with its optimizer and a fixed batch; `train_step` and `infer` return milliseconds."""
+
+    def __init__(self, model, batch_size: int, shape: VitShape, precision: str = "fp32"):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size)
+        self.labels = torch.randint(0, shape.num_classes, (batch_size,))
+        self.autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+        inference = copy.deepcopy(model).eval()
+        if hasattr(inference, "fold_position_bases_"):
+            inference.fold_position_bases_()
+        self.inference_model = inference
+
+    def train_step(self) -> float:
+        start = time.perf_counter()
+        with self.autocast:
+            logits = self.model(self.images)
+        loss = F.cross_entropy(logits.float(), self.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return 1000 * (time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def infer(self) -> float:
+        start = time.perf_counter()
+        with self.autocast:
+            self.inference_model(self.images)
+        return 1000 * (time.perf_counter() - start)
+
+
+def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
+    """Median ms per contender for train and inference; each round runs every contender `steps` times."""
+    timings = {name: {"train": [], "inference": []} for name in contenders}
+    for contender in contenders.values():  # warm-up: allocator, kernels, optimizer state
+        for _ in range(2):
+            contender.train_step()
+            contender.infer()
+    for _ in range(rounds):
+        for name, contender in contenders.items():
+            timings[name]["train"] += [contender.train_step() for _ in range(steps)]
+            timings[name]["inference"] += [contender.infer() for _ in range(steps)]
+    return {name: {kind: statistics.median(values) for kind, values in kinds.items()}
+            for name, kinds in timings.items()}
+
+
+def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, with_timm: bool) -> dict:
+    torch.manual_seed(0)
+    contenders = {}
+    for label, name, options, absolute_table in VARIANTS:
+        model = VisionTransformer(shape, name, options, absolute_table=absolute_table)
+        perturb_position_parameters(model)
+        contenders[label] = Contender(model, batch_size, shape)
+    contenders["rope bf16"] = Contender(VisionTransformer(shape, "rope"), batch_size, shape, precision="bf16")
+    if with_timm:
+        contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), batch_size, shape)
+    medians = interleaved_medians(contenders, rounds, steps)
+    rope = medians["rope"]
+    return {label: {"train_ms": m["train"], "inference_ms": m["inference"],
+                    "train_ratio": m["train"] / rope["train"], "inference_ratio": m["inference"] / rope["inference"]}
+            for label, m in medians.items()}
+
+
+def markdown(results: dict, meta: dict) -> str:
+    lines = [f"# Position-encoding benchmark", "",
+             f"{meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; batch {meta['batch_size']}; "
+             f"median over {meta['rounds']} interleaved rounds x {meta['steps']} steps; fp32 unless named. "
+             "Train = forward + backward + AdamW step; inference = eval, `torch.inference_mode()`, STRING bases "
+             "folded into W_q/W_k. Ratios are to our RoPE model in the same process.", ""]
+    for shape, rows in results.items():
+        lines += [f"## {shape}", "", "| variant | train ms | train / RoPE | inference ms | inference / RoPE |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for label, row in rows.items():
+            lines.append(f"| {label} | {row['train_ms']:.2f} | {row['train_ratio']:.3f} | "
+                         f"{row['inference_ms']:.2f} | {row['inference_ratio']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("docs/bench_pos"),
+                        help="path stem: writes <stem>.json and <stem>.md")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-timm", action="store_true", help="skip the timm EVA comparison")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {label: benchmark_shape(shape, args.batch_size, args.rounds, args.steps, not args.no_timm)
+               for label, shape in SHAPES.items()}
+    meta = {"machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+            "rounds": args.rounds, "steps": args.steps, "encodings": pos.available()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    table = markdown(results, meta)
+    args.output.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

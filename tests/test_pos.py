@@ -1,0 +1,316 @@
+"""Exact properties of the position encodings: relative logits, orthogonal bases, RoPE as the special case,
+folding, gradients, checkpoints and refused options."""
+import math
+
+import pytest
+import torch
+
+from rpe_bench import pos
+from rpe_bench.pos.reflection import householder_basis
+
+HEADS, HEAD_DIM, TOKENS = 2, 12, 7
+STRING_VARIANTS = ["cayley_dense", "cayley_sparse", "reflection", "circulant"]
+ROTARY_VARIANTS = ["rope", "rope_mixed"] + STRING_VARIANTS
+LEARNABLE = {"rope_mixed": {"theta_x", "theta_y"}, "cayley_dense": {"generator"}, "cayley_sparse": {"generator"},
+             "reflection": {"vectors"}, "circulant": {"c_x", "c_y"}}
+REQUIRED_OPTIONS = {"cayley_sparse": {"f": 0.5}}
+
+
+def make(name, head_dim=HEAD_DIM, dtype=torch.float64, **options):
+    encoding = pos.build(name, head_dim=head_dim, num_heads=HEADS, **{**REQUIRED_OPTIONS.get(name, {}), **options})
+    return encoding.to(dtype)
+
+
+def perturbed(encoding):
+    """Moves every parameter away from its init (S = 0, paired reflections...), so properties are tested on
+    a generic member of the family rather than on RoPE."""
+    with torch.no_grad():
+        for parameter in encoding.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    return encoding
+
+
+def random_qk(dtype=torch.float64, batch=2, head_dim=HEAD_DIM):
+    return (torch.randn(batch, HEADS, TOKENS, head_dim, dtype=dtype),
+            torch.randn(batch, HEADS, TOKENS, head_dim, dtype=dtype))
+
+
+def random_coords(dtype=torch.float64):
+    return torch.rand(TOKENS, 2, dtype=dtype) * 8
+
+
+def logits(q, k):
+    return q @ k.transpose(-1, -2)
+
+
+def test_every_variant_is_registered():
+    assert pos.available() == sorted(["none", "ape"] + ROTARY_VARIANTS)
+
+
+@pytest.mark.parametrize("name", pos.available())
+def test_logits_depend_only_on_relative_position(name):
+    encoding = perturbed(make(name))
+    q, k = random_qk()
+    coords = random_coords()
+    shift = torch.randn(2, dtype=torch.float64) * 5
+    torch.testing.assert_close(logits(*encoding(q, k, coords)), logits(*encoding(q, k, coords + shift)),
+                               rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", pos.available())
+def test_shapes_and_dtype_are_kept(name):
+    encoding = make(name, dtype=torch.float32)
+    q, k = random_qk(torch.bfloat16, batch=3)
+    encoded_q, encoded_k = encoding(q, k, random_coords(torch.float32))
+    assert encoded_q.shape == encoded_k.shape == (3, HEADS, TOKENS, HEAD_DIM)
+    assert encoded_q.dtype == encoded_k.dtype == torch.bfloat16
+
+
+def test_angles_stay_in_fp32_under_bf16_autocast():
+    # At x = 200 a bf16 angle is off by up to 0.5 rad; fp32 angles leave only bf16 rounding of q, cos, sin.
+    encoding = make("rope", dtype=torch.float32, rope_base=2.0)
+    q, k = random_qk(torch.float32)
+    coords = torch.full((TOKENS, 2), 200.0) + torch.rand(TOKENS, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_q, _ = encoding.rotate(q.bfloat16(), k.bfloat16(), coords)
+    reference_q, _ = encoding.rotate(q, k, coords)
+    torch.testing.assert_close(low_q.float(), reference_q, rtol=0, atol=0.05)
+
+
+def naive_axial_rope(x, coords, base):
+    """Axial RoPE from explicit 2x2 rotations, in the documented rotate-half layout: pair n is the channels
+    (n, n + d/2); pairs n < d/4 follow x with theta_n, the others follow y with theta_(n - d/4)."""
+    dim = x.shape[-1]
+    quarter = dim // 4
+    out = x.clone()
+    for token in range(x.shape[2]):
+        for pair in range(dim // 2):
+            axis = 0 if pair < quarter else 1
+            angle = float(coords[token, axis]) * base ** (-(pair % quarter) / quarter)
+            rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+                                    dtype=x.dtype)
+            channels = [pair, pair + dim // 2]
+            out[:, :, token, channels] = x[:, :, token, channels] @ rotation.T
+    return out
+
+
+def test_rope_matches_explicit_rotation_matrices():
+    encoding = make("rope", rope_base=10.0)
+    q, k = random_qk()
+    coords = random_coords()
+    encoded_q, encoded_k = encoding(q, k, coords)
+    # 1e-5, not 1e-12: the frequency table is built in fp32 whatever the module's dtype.
+    torch.testing.assert_close(encoded_q, naive_axial_rope(q, coords, 10.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(encoded_k, naive_axial_rope(k, coords, 10.0), rtol=0, atol=1e-5)
+
+
+def test_rope_mixed_init_follows_rope_vit():
+    theta_x, theta_y = make("rope_mixed", rope_base=100.0).frequencies()
+    magnitudes = 100.0 ** (-torch.arange(HEAD_DIM // 4, dtype=torch.float64) / (HEAD_DIM // 4))
+    torch.testing.assert_close(theta_x.hypot(theta_y), magnitudes.repeat(HEADS, 2))
+    quarter = HEAD_DIM // 4
+    first = torch.atan2(theta_y[:, :quarter], theta_x[:, :quarter])
+    second = torch.atan2(theta_y[:, quarter:], theta_x[:, quarter:])
+    assert torch.allclose(first, first[:, :1].expand_as(first))
+    torch.testing.assert_close(torch.remainder(second - first, 2 * math.pi), torch.full_like(first, math.pi / 2))
+
+
+@pytest.mark.parametrize("name", STRING_VARIANTS)
+def test_string_basis_is_orthogonal(name):
+    basis = perturbed(make(name, dtype=torch.float32)).basis()
+    assert basis.shape == (HEADS, HEAD_DIM, HEAD_DIM)
+    identity = torch.eye(HEAD_DIM).expand_as(basis)
+    torch.testing.assert_close(basis.transpose(1, 2) @ basis, identity, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cayley_dense", "cayley_sparse"])
+def test_cayley_basis_is_a_rotation(name):
+    determinant = torch.linalg.det(perturbed(make(name)).basis())
+    torch.testing.assert_close(determinant, torch.ones(HEADS, dtype=torch.float64))
+
+
+def test_cayley_basis_is_the_cayley_transform_of_the_generator():
+    encoding = perturbed(make("cayley_dense"))
+    rows, cols = torch.triu_indices(HEAD_DIM, HEAD_DIM, offset=1)
+    skew = torch.zeros(HEADS, HEAD_DIM, HEAD_DIM, dtype=torch.float64)
+    skew[:, rows, cols] = encoding.generator.detach()
+    skew = skew - skew.transpose(1, 2)
+    identity = torch.eye(HEAD_DIM, dtype=torch.float64)
+    expected = (identity - skew) @ torch.linalg.inv(identity + skew)
+    torch.testing.assert_close(encoding.basis(), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("count", [1, 3, 12, 20])
+def test_householder_basis_is_the_product_of_reflections(count):
+    vectors = torch.randn(HEADS, count, HEAD_DIM, dtype=torch.float64)
+    product = torch.eye(HEAD_DIM, dtype=torch.float64).repeat(HEADS, 1, 1)
+    for index in range(count):
+        unit = vectors[:, index] / vectors[:, index].norm(dim=-1, keepdim=True)
+        product = product @ (torch.eye(HEAD_DIM, dtype=torch.float64) - 2 * unit[:, :, None] * unit[:, None, :])
+    torch.testing.assert_close(householder_basis(vectors), product, rtol=0, atol=1e-10)
+
+
+def test_reflection_starts_at_identity_for_even_k_and_at_one_reflection_for_odd_k():
+    identity = torch.eye(HEAD_DIM, dtype=torch.float64).expand(HEADS, -1, -1)
+    torch.testing.assert_close(make("reflection").basis(), identity, rtol=0, atol=1e-12)
+    odd = make("reflection", k=5).basis()
+    torch.testing.assert_close(torch.linalg.det(odd), -torch.ones(HEADS, dtype=torch.float64))
+    torch.testing.assert_close(odd @ odd, identity, rtol=0, atol=1e-12)
+
+
+def test_cayley_at_init_is_exactly_rope():
+    torch.manual_seed(0)
+    q, k = random_qk(torch.float32)
+    coords = random_coords(torch.float32)
+    rope_q, rope_k = make("rope", dtype=torch.float32)(q, k, coords)
+    cayley_q, cayley_k = make("cayley_dense", dtype=torch.float32)(q, k, coords)
+    assert torch.equal(cayley_q, rope_q) and torch.equal(cayley_k, rope_k)
+
+
+def test_sparse_cayley_with_every_entry_is_dense_cayley():
+    dense = perturbed(make("cayley_dense", dtype=torch.float32))
+    sparse = make("cayley_sparse", dtype=torch.float32, f=1.0)
+    with torch.no_grad():
+        sparse.generator.copy_(dense.generator)
+    q, k = random_qk(torch.float32)
+    coords = random_coords(torch.float32)
+    assert torch.equal(sparse.basis(), dense.basis())
+    for sparse_out, dense_out in zip(sparse(q, k, coords), dense(q, k, coords)):
+        assert torch.equal(sparse_out, dense_out)
+
+
+@pytest.mark.parametrize("fraction, kept", [(1e-6, 1), (0.3, 20), (1.0, 66)])
+def test_sparse_cayley_keeps_a_fraction_of_the_free_entries(fraction, kept):
+    encoding = perturbed(make("cayley_sparse", f=fraction))
+    skew = encoding.skew_generator()
+    torch.testing.assert_close(skew, -skew.transpose(1, 2), rtol=0, atol=0)
+    assert encoding.generator.shape == (HEADS, kept)
+    assert ((skew.triu(1) != 0).sum(dim=(1, 2)) == kept).all()
+
+
+def p_after_rope(encoding, q, k, coords):
+    """The wrong order, P RoPE(r) q: P^T P = I cancels in every logit, leaving plain RoPE."""
+    q, k = encoding.rotate(q, k, coords)
+    basis = encoding.basis()
+    return torch.einsum("hij,bhtj->bhti", basis, q), torch.einsum("hij,bhtj->bhti", basis, k)
+
+
+def test_cayley_differs_from_rope_only_when_p_comes_first():
+    cayley = perturbed(make("cayley_dense"))
+    q, k = random_qk()
+    coords = random_coords()
+    rope_logits = logits(*make("rope")(q, k, coords))
+    assert (logits(*cayley(q, k, coords)) - rope_logits).abs().max() > 0.1
+    torch.testing.assert_close(logits(*p_after_rope(cayley, q, k, coords)), rope_logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", STRING_VARIANTS)
+def test_folded_and_unfolded_forms_agree(name):
+    encoding = perturbed(make(name))
+    q, k = random_qk()
+    coords = random_coords()
+    basis = encoding.basis()
+    projected_q = torch.einsum("hij,bhtj->bhti", basis, q)
+    projected_k = torch.einsum("hij,bhtj->bhti", basis, k)
+    unfolded = encoding(q, k, coords)
+    assert torch.equal(encoding.projection_basis(), basis)
+    encoding.fold_basis_()
+    assert encoding.projection_basis() is None
+    assert encoding.basis() is not None
+    for folded_out, unfolded_out in zip(encoding(projected_q, projected_k, coords), unfolded):
+        torch.testing.assert_close(folded_out, unfolded_out, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["none", "ape", "rope", "rope_mixed"])
+def test_non_string_variants_have_no_basis(name):
+    encoding = make(name)
+    assert encoding.basis() is None and encoding.projection_basis() is None
+
+
+@pytest.mark.parametrize("name", sorted(LEARNABLE))
+def test_gradients_reach_learnable_parameters_from_init(name):
+    encoding = make(name)
+    q, k = random_qk()
+    (logits(*encoding(q, k, random_coords())) * torch.randn(2, HEADS, TOKENS, TOKENS, dtype=torch.float64)).sum().backward()
+    for parameter_name, parameter in encoding.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 1e-6, parameter_name
+
+
+@pytest.mark.parametrize("name", pos.available())
+def test_no_weight_decay_lists_frequencies_and_generators(name):
+    encoding = make(name)
+    assert encoding.no_weight_decay() == LEARNABLE.get(name, set())
+    assert encoding.no_weight_decay() == {parameter_name for parameter_name, _ in encoding.named_parameters()}
+
+
+def test_sparse_mask_survives_a_state_dict_round_trip():
+    torch.manual_seed(1)
+    saved = perturbed(make("cayley_sparse", f=0.3))
+    torch.manual_seed(2)
+    loaded = make("cayley_sparse", f=0.3)
+    assert not torch.equal(loaded.free_entries, saved.free_entries)
+    loaded.load_state_dict(saved.state_dict())
+    assert torch.equal(loaded.free_entries, saved.free_entries)
+    q, k = random_qk()
+    coords = random_coords()
+    for loaded_out, saved_out in zip(loaded(q, k, coords), saved(q, k, coords)):
+        assert torch.equal(loaded_out, saved_out)
+
+
+def explicit_circulant(c):
+    """C[j, m] = c[(j - m) mod d] per head: the circulant matrix with first column c."""
+    dim = c.shape[-1]
+    return c[:, (torch.arange(dim)[:, None] - torch.arange(dim)[None]) % dim]
+
+
+def test_circulant_is_the_matrix_exponential_of_circulant_generators():
+    encoding = perturbed(make("circulant"))
+    generator_x = explicit_circulant(encoding.c_x.detach())
+    generator_y = explicit_circulant(encoding.c_y.detach())
+    generator_x, generator_y = generator_x - generator_x.transpose(1, 2), generator_y - generator_y.transpose(1, 2)
+    q, k = random_qk()
+    coords = random_coords()
+    exponent = coords[:, 0, None, None, None] * generator_x + coords[:, 1, None, None, None] * generator_y
+    rotations = torch.linalg.matrix_exp(exponent)  # (tokens, heads, d, d)
+    expected_q = torch.einsum("thij,bhtj->bhti", rotations, q)
+    expected_k = torch.einsum("thij,bhtj->bhti", rotations, k)
+    # 1e-5, not 1e-10: the Fourier basis is stored in fp32 whatever the module's dtype.
+    torch.testing.assert_close(logits(*encoding(q, k, coords)), logits(expected_q, expected_k), rtol=0, atol=1e-5)
+
+
+def test_circulant_init_starts_at_rope_mixed_magnitudes():
+    theta_x, theta_y = make("circulant").frequencies()
+    magnitudes = 100.0 ** (-torch.arange(HEAD_DIM // 4, dtype=torch.float64) / (HEAD_DIM // 4))
+    expected = torch.cat([magnitudes, magnitudes[:-1], torch.zeros(1, dtype=torch.float64)])
+    torch.testing.assert_close(theta_x.hypot(theta_y), expected.expand(HEADS, -1))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"f": 0}, "f=0 must be in (0, 1]"), ({"f": -0.1}, "f=-0.1 must be in (0, 1]"),
+    ({"f": 1.5}, "f=1.5 must be in (0, 1]"), ({}, "needs option 'f'")])
+def test_sparse_fraction_outside_the_unit_interval_is_refused(options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        pos.build("cayley_sparse", head_dim=HEAD_DIM, num_heads=HEADS, **options)
+
+
+@pytest.mark.parametrize("k", [0, -2])
+def test_reflection_needs_at_least_one_vector(k):
+    with pytest.raises(ValueError, match=f"k={k} must be >= 1"):
+        pos.build("reflection", head_dim=HEAD_DIM, num_heads=HEADS, k=k)
+
+
+@pytest.mark.parametrize("head_dim", [7, 6])
+@pytest.mark.parametrize("name", ROTARY_VARIANTS)
+def test_rotary_variants_refuse_head_dims_not_divisible_by_four(name, head_dim):
+    with pytest.raises(ValueError, match=f"head_dim={head_dim} .* multiple of 4"):
+        pos.build(name, head_dim=head_dim, num_heads=HEADS, **REQUIRED_OPTIONS.get(name, {}))
+
+
+def test_unknown_option_is_refused_with_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown option 'f' for position encoding 'rope'; allowed: rope_base"):
+        pos.build("rope", head_dim=HEAD_DIM, num_heads=HEADS, f=0.5)
+
+
+def test_unknown_name_is_refused_with_the_available_ones():
+    with pytest.raises(ValueError, match="unknown position encoding 'alibi'; available: ape, cayley_dense"):
+        pos.build("alibi", head_dim=HEAD_DIM, num_heads=HEADS)

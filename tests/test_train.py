@@ -1,0 +1,121 @@
+"""End-to-end runs on tiny real data (scikit-learn's digits): results files, W&B runs, seeds, resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rpe_bench import train as train_module
+from rpe_bench.checkpoint import CHECKPOINT_NAME
+from tests.helpers import TINY_RUN
+
+PROJECT = Path(__file__).parents[1]
+NOTEBOOK_FIELDS = ["config", "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc",
+                   "avg_epoch_time_sec", "inference_time_ms_per_batch"]
+
+
+def run_training(monkeypatch, *overrides: str) -> None:
+    """`python -m rpe_bench.train ...` in this process (no new interpreter, so seconds, not tens)."""
+    monkeypatch.setattr(sys, "argv", ["rpe_bench.train", *TINY_RUN, *overrides])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # let exceptions reach the test instead of sys.exit(1)
+    train_module.main()
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    completed = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(offline_run)],
+                               capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout)
+
+
+def test_one_epoch_run_writes_results_and_an_offline_wandb_run(monkeypatch, tmp_path):
+    run_dir = tmp_path / "run"
+    run_training(monkeypatch, f"hydra.run.dir={run_dir}")
+    results = read_results(run_dir)
+    assert all(field in results for field in NOTEBOOK_FIELDS)
+    assert results["status"] == "completed"
+    assert results["config"]["pos_variant"] == "rope" and results["config"]["dataset"] == "digits"
+    assert len(results["history"]) == 1
+    assert 0.0 <= results["final_val_acc"] <= 1.0 and results["best_val_acc"] == results["final_val_acc"]
+    assert results["final_train_loss"] > 0 and results["inference_time_ms_per_batch"] > 0
+    assert results["num_parameters"] > 0 and 0 < results["data_time_fraction"] < 1
+    assert set(results["extrapolation"]) == {"12", "16"}
+    assert (run_dir / CHECKPOINT_NAME).exists()
+    summary = wandb_summary(run_dir)
+    assert json.dumps(summary).count(str(round(results["final_val_acc"], 4))[:5]) >= 1
+
+
+def test_same_seed_gives_the_same_losses(monkeypatch, tmp_path):
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_training(monkeypatch, f"hydra.run.dir={first}", "seed=7", "pos=cayley_dense")
+    run_training(monkeypatch, f"hydra.run.dir={second}", "seed=7", "pos=cayley_dense")
+    run_training(monkeypatch, f"hydra.run.dir={other}", "seed=8", "pos=cayley_dense")
+    losses = [[epoch["train_loss"] for epoch in read_results(folder)["history"]] for folder in (first, second, other)]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+@pytest.mark.parametrize("name", ["none", "ape", "rope_mixed", "cayley_sparse", "reflection", "circulant"])
+def test_every_encoding_trains_from_the_command_line_config(monkeypatch, tmp_path, name):
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", f"pos={name}", "sparsity=f0.5")
+    results = read_results(tmp_path)
+    assert results["config"]["pos_variant"] == name
+    assert results["config"]["f_sparse"] == (0.5 if name == "cayley_sparse" else None)
+
+
+def test_rerunning_in_the_same_folder_resumes_the_same_wandb_run(monkeypatch, tmp_path):
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=1")
+    first_run = next((tmp_path / "wandb").glob("offline-run-*")).name.split("-")[-1]
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2")
+    results = read_results(tmp_path)
+    assert [epoch["epoch"] for epoch in results["history"]] == [1, 2]
+    run_ids = {folder.name.split("-")[-1] for folder in (tmp_path / "wandb").glob("offline-run-*")}
+    assert run_ids == {first_run}
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_final_metrics(tmp_path):
+    """SIGKILL after the first checkpoint, rerun the same command: the metrics equal an uninterrupted run's."""
+    command = [sys.executable, "-m", "rpe_bench.train", *TINY_RUN, "trainer.epochs=3",
+               "trainer.limit_train_batches=12", "trainer.threads=1"]
+    subprocess.run([*command, f"hydra.run.dir={tmp_path / 'whole'}"], check=True, cwd=PROJECT,
+                   capture_output=True)
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen([*command, f"hydra.run.dir={killed_dir}"], cwd=PROJECT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed_dir / CHECKPOINT_NAME).exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "results.json").exists(), "the run finished before it could be killed"
+    subprocess.run([*command, f"hydra.run.dir={killed_dir}"], check=True, cwd=PROJECT, capture_output=True)
+    whole, resumed = read_results(tmp_path / "whole"), read_results(killed_dir)
+    for field in ("final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc"):
+        assert resumed[field] == pytest.approx(whole[field], abs=1e-6)
+
+
+def test_a_corrupt_checkpoint_gets_a_clear_error_and_the_previous_one_is_kept(monkeypatch, tmp_path):
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2", "trainer.resume=false")
+    previous = (tmp_path / "checkpoint-previous.pt").read_bytes()
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"truncated")
+    with pytest.raises(Exception, match="corrupt or truncated"):
+        run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=3")
+    assert (tmp_path / "checkpoint-previous.pt").read_bytes() == previous
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(monkeypatch, tmp_path):
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=1")
+    checkpoint = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(train_module.TrainingDiverged, match="loss is nan"):
+        run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2", "trainer.lr=1e30",
+                     "logger.log_every_steps=1", "trainer.grad_clip=null")
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
+    assert read_results(tmp_path)["status"] == "failed"
