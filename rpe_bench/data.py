@@ -21,7 +21,8 @@ Missing files that cannot be downloaded raise DatasetNotFoundError with one line
 
 Build one BatchIterator per split and iterate it every epoch: its tensors move to the device in the
 constructor, once. Each pass draws the order, crop offsets and flips for the whole epoch from the generator
-(on the generator's device), so a CPU generator with a given seed gives the same batches on CPU and GPU.
+(on the generator's device), so a CPU generator with a given seed gives the same batches on CPU and GPU;
+under DDP, shard=(rank, world_size) hands each process its share of those same batches.
 """
 import hashlib
 import os
@@ -87,7 +88,7 @@ def torchvision_loader(dataset_class, folder: str, expected: Sequence[str]):
         except (RuntimeError, OSError) as error:  # torchvision's missing files and failed downloads
             reason = f"download failed: {one_line(error)}" if download else "dataset.download=false"
             raise DatasetNotFoundError(
-                f"{dataset_class.__name__} not found in {os.path.join(root, folder)} (expected "
+                f"{dataset_class.__name__} not found or corrupted in {os.path.join(root, folder)} (expected "
                 f"{', '.join(expected)}); {reason}. {ROOT_HINT}") from error
         tensors = []
         for split in splits:
@@ -123,15 +124,16 @@ def load_digits(root: str, download: bool, image_size: int, channels: int):
 def decode_images(samples, image_size: int, channels: int) -> ImageTensors:
     # One thread: PIL releases the GIL while decoding, yet threads measured no faster on these 32x32 JPEGs.
     mode = "L" if channels == 1 else "RGB"
-    images = []
+    pixels = []
     for path, _ in samples:
         with Image.open(path) as image:
-            pixels = torch.from_numpy(np.array(image if image.mode == mode else image.convert(mode)))
-        pixels = pixels.reshape(*pixels.shape[:2], -1).permute(2, 0, 1)  # (H, W[, C]) -> (C, H, W)
-        if pixels.shape[-2:] != (image_size, image_size):
-            pixels = resize_batch(pixels[None], image_size)[0]
-        images.append(pixels)
-    return ImageTensors(torch.stack(images), torch.tensor([label for _, label in samples], dtype=torch.int64))
+            image = image if image.mode == mode else image.convert(mode)
+            if image.size != (image_size, image_size):  # Pillow's bilinear antialiases, as resize_batch does
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            pixels.append(np.asarray(image))
+    images = torch.from_numpy(np.stack(pixels)).view(len(pixels), image_size, image_size, channels)
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return ImageTensors(images.permute(0, 3, 1, 2).contiguous(), labels)
 
 
 def save_atomically(payload, path: str) -> None:
@@ -151,7 +153,7 @@ def save_atomically(payload, path: str) -> None:
 
 def load_image_folder(root: str, download: bool, image_size: int, channels: int):
     try:
-        classes, class_to_index = find_classes(os.path.join(root, "train"))
+        _, class_to_index = find_classes(os.path.join(root, "train"))
         samples = [make_dataset(os.path.join(root, split), class_to_index, extensions=IMG_EXTENSIONS)
                    for split in ("train", "test")]
     except FileNotFoundError as error:
@@ -166,8 +168,7 @@ def load_image_folder(root: str, download: bool, image_size: int, channels: int)
         if saved["key"] == key:
             return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
     train, test = (decode_images(split, image_size, channels) for split in samples)
-    save_atomically({"key": key, "classes": classes, "train": (train.images, train.labels),
-                     "test": (test.images, test.labels)}, cache)
+    save_atomically({"key": key, "train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return train, test
 
 
@@ -207,11 +208,15 @@ def crop_and_flip(images: torch.Tensor, padding: int, offsets: torch.Tensor, fli
 
 
 class BatchIterator:
-    """Batches of (float32 normalised images, int64 labels) on `device`, built by indexing uint8 tensors."""
+    """Batches of (float32 normalised images, int64 labels) on `device`, built by indexing uint8 tensors.
+
+    Under DDP give every process the same generator seed and its shard=(rank, world_size): it then takes its
+    share of each batch of batch_size images, and all processes see the same number of batches."""
 
     def __init__(self, data: ImageTensors, batch_size: int, shuffle: bool, generator: Optional[torch.Generator],
                  device, mean: Sequence[float], std: Sequence[float], augment: Optional[Augment] = None,
-                 drop_last: bool = False, limit_batches: Optional[int] = None, output_size: Optional[int] = None):
+                 drop_last: bool = False, limit_batches: Optional[int] = None, output_size: Optional[int] = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.device = torch.device(device)
         self.images = data.images.to(self.device, non_blocking=True)
         self.labels = data.labels.to(self.device, non_blocking=True)
@@ -225,9 +230,12 @@ class BatchIterator:
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
         self.augment = augment if augment and (augment.random_crop_padding or augment.horizontal_flip) else None
         self.drop_last, self.limit_batches, self.output_size = drop_last, limit_batches, output_size
+        self.rank, self.world_size = shard
 
     def __len__(self) -> int:
-        count = len(self.labels) // self.batch_size if self.drop_last else -(-len(self.labels) // self.batch_size)
+        # A last, partial batch is kept only when every process gets at least one image of it.
+        count, remainder = divmod(len(self.labels), self.batch_size)
+        count += not self.drop_last and remainder >= self.world_size
         return count if self.limit_batches is None else min(count, self.limit_batches)
 
     def random(self, draw, *args, **kwargs) -> torch.Tensor:
@@ -244,11 +252,12 @@ class BatchIterator:
             flips = (self.random(torch.randint, 0, 2, (count,)).bool() if self.augment.horizontal_flip
                      else torch.zeros(count, dtype=torch.bool, device=self.device))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+            # Every process draws the same epoch and takes every world_size-th image of each batch.
+            window = slice(start + self.rank, start + self.batch_size, self.world_size)
+            index = order[window]
             images = self.images[index]
             if self.augment:
-                images = crop_and_flip(images, padding, offsets[start:start + len(index)],
-                                       flips[start:start + len(index)])
+                images = crop_and_flip(images, padding, offsets[window], flips[window])
             images = images.float().mul_(self.scale).sub_(self.shift)
             if self.output_size is not None and images.shape[-1] != self.output_size:
                 images = resize_batch(images, self.output_size)

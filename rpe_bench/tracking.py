@@ -64,8 +64,9 @@ def run_identity(cfg) -> dict:
     return {"group": cfg.logger.group or group, "name": name, "tags": tags + list(cfg.logger.tags)}
 
 
-def open_wandb_run(cfg, output_dir: Path, run_id: str | None):
-    """A W&B run for this job, resumed when `run_id` names the one a checkpoint recorded."""
+def open_wandb_run(cfg, output_dir: Path, run_id: str | None, enabled: bool = True):
+    """A W&B run for this job, resumed when `run_id` names the one a checkpoint recorded; a disabled run
+    (logging nothing) for processes other than rank 0."""
     identity = run_identity(cfg)
     notebook = notebook_config(cfg)
     config = {"pos": cfg.pos.name, "dataset": cfg.dataset.name, "sparsity_f": notebook["f_sparse"],
@@ -74,7 +75,7 @@ def open_wandb_run(cfg, output_dir: Path, run_id: str | None):
               "run": OmegaConf.to_container(cfg, resolve=True)}
     run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=identity["group"],
                      job_type="train", name=identity["name"], tags=identity["tags"], config=config,
-                     dir=str(output_dir), mode=resolve_mode(cfg.logger.mode.value), id=run_id,
+                     dir=str(output_dir), mode=resolve_mode(cfg.logger.mode.value) if enabled else "disabled", id=run_id,
                      resume="allow" if run_id else None, reinit="finish_previous")
     run.define_metric("step")
     run.define_metric("step/*", step_metric="step")

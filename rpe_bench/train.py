@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from rpe_bench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from rpe_bench import distributed
+from rpe_bench.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from rpe_bench.config import ConfigError, register_configs, validate
-from rpe_bench.data import Augment, BatchIterator, DatasetNotFoundError, load_splits, resize_batch
+from rpe_bench.data import Augment, BatchIterator, DatasetNotFoundError, load_splits
 from rpe_bench.model import build_model, count_parameters, parameter_groups
 from rpe_bench.tracking import notebook_config, open_wandb_run, write_json_atomic
 
@@ -62,18 +64,22 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-def epoch_batches(cfg, data, device, epoch: int | None, image_size: int | None = None) -> BatchIterator:
-    """Training batches when `epoch` is given (shuffled by a generator seeded from seed and epoch, so a resumed
-    run sees the same order), evaluation batches otherwise."""
-    training = epoch is not None
+def batches_for(cfg, data, device, training: bool, image_size: int | None = None,
+                shard: tuple[int, int] = (0, 1)) -> BatchIterator:
+    """Training batches (shuffled and augmented; call `reseed` each epoch) or evaluation batches. Under DDP each
+    process takes its `shard` (rank, world size) of every batch."""
     augment = cfg.dataset.augment
     return BatchIterator(
-        data, batch_size=cfg.trainer.batch_size, shuffle=training,
-        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch) if training else None,
-        device=device, mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
+        data, batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
+        mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
         augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if training else None,
         limit_batches=cfg.trainer.limit_train_batches if training else cfg.trainer.limit_val_batches,
-        output_size=image_size)
+        output_size=image_size, shard=shard)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Order, crops and flips of an epoch depend on (seed, epoch) alone, so a resumed run sees the same batches."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 @torch.inference_mode()
@@ -115,18 +121,29 @@ def peak_memory_mb(device) -> float:
 
 
 def train(cfg: DictConfig, output_dir: Path) -> dict:
+    processes = distributed.from_environment()
     seed_everything(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = pick_device(cfg.trainer.device.value)
+    if device.type == "cuda":
+        device = torch.device("cuda", processes.local_rank)
+        torch.cuda.set_device(device)
+    distributed.start(processes, device)
+    output_dir = Path(distributed.main_output_dir(processes, output_dir))
     autocast = autocast_for(device, cfg.trainer.precision.value)
     train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
                                         cfg.dataset.image_size, cfg.dataset.channels)
+    train_batches = batches_for(cfg, train_data, device, training=True,
+                                shard=(processes.rank, processes.world_size))
+    test_batches = batches_for(cfg, test_data, device, training=False)
 
     model = build_model(cfg).to(device)
     forward_model = torch.compile(model) if cfg.trainer.compile else model
+    if processes.distributed:
+        forward_model = DistributedDataParallel(forward_model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.trainer.weight_decay), lr=cfg.trainer.lr)
-    steps_per_epoch = len(epoch_batches(cfg, train_data, device, epoch=1))
+    steps_per_epoch = len(train_batches)
     total_steps = steps_per_epoch * cfg.trainer.epochs
     warmup_steps = round(cfg.trainer.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -140,24 +157,24 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
         scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng_state(checkpoint["rng"])
         history, start_epoch, run_id = checkpoint["history"], checkpoint["epoch"] + 1, checkpoint["wandb_run_id"]
-        log.info("resuming from %s after epoch %d", output_dir / "checkpoint.pt", checkpoint["epoch"])
+        log.info("resuming from %s after epoch %d", output_dir / CHECKPOINT_NAME, checkpoint["epoch"])
 
     num_parameters = count_parameters(model)
-    log.info("%s on %s: %d parameters, %d steps per epoch, device %s", cfg.pos.name, cfg.dataset.name,
-             num_parameters, steps_per_epoch, device)
-    with open_wandb_run(cfg, output_dir, run_id) as run:
+    log.info("%s on %s: %d parameters, %d steps per epoch, device %s, %d process(es)", cfg.pos.name,
+             cfg.dataset.name, num_parameters, steps_per_epoch, device, processes.world_size)
+    with open_wandb_run(cfg, output_dir, run_id, enabled=processes.is_main) as run:
         run.summary["num_parameters"] = num_parameters
         step = (start_epoch - 1) * steps_per_epoch
         for epoch in range(start_epoch, cfg.trainer.epochs + 1):
             forward_model.train()
-            batches = epoch_batches(cfg, train_data, device, epoch)
-            progress = tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not sys.stderr.isatty(),
-                            leave=False)
+            train_batches.generator = epoch_generator(cfg.seed, epoch)
+            progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}",
+                            disable=not (processes.is_main and sys.stderr.isatty()), leave=False)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
-            seen, data_seconds = 0, 0.0
+            seen, data_seconds = torch.zeros((), device=device, dtype=torch.long), 0.0
             epoch_start = time.perf_counter()
-            batch_iterator = iter(batches)
+            batch_iterator = iter(train_batches)
             while True:
                 data_start = time.perf_counter()
                 batch = next(batch_iterator, None)
@@ -194,14 +211,16 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
                 torch.cuda.synchronize()
             epoch_seconds = time.perf_counter() - epoch_start
             progress.close()
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+            loss_sum, correct, seen = (value.item() for value in
+                                       distributed.sum_over_processes(processes, loss_sum, correct, seen))
+            train_loss, train_acc = loss_sum / seen, correct / seen
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss is {train_loss} in epoch {epoch}; stopped. The last good "
                                        f"checkpoint is kept in {output_dir}")
-            val_loss, val_acc = evaluate(forward_model, epoch_batches(cfg, test_data, device, None), autocast)
+            val_loss, val_acc = evaluate(model, test_batches, autocast)
             record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                       "val_acc": val_acc, "epoch_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
-                      "data_seconds": data_seconds, "step_ms": 1000 * epoch_seconds / len(batches)}
+                      "data_seconds": data_seconds, "step_ms": 1000 * epoch_seconds / steps_per_epoch}
             history.append(record)
             run.log({"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc, "val/loss": val_loss,
                      "val/acc": val_acc, "time/epoch_seconds": epoch_seconds, "time/step_ms": record["step_ms"],
@@ -211,19 +230,22 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
             log.info("[epoch %d/%d] train_loss=%.4f train_acc=%.4f val_loss=%.4f val_acc=%.4f time=%.2fs "
                      "(data %.1f%%, %.0f images/s)", epoch, cfg.trainer.epochs, train_loss, train_acc, val_loss,
                      val_acc, epoch_seconds, 100 * data_seconds / epoch_seconds, record["images_per_second"])
-            save_checkpoint(output_dir, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
-                "wandb_run_id": run.id})
+            if processes.is_main:
+                save_checkpoint(output_dir, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
+                    "wandb_run_id": run.id})
 
-        timing_images, _ = next(iter(epoch_batches(cfg, test_data, device, None)))
+        timing_images, _ = next(iter(test_batches))
         inference_ms = inference_ms_per_batch(model, timing_images, cfg.trainer.inference_timing_batches,
                                               autocast, device)
         extrapolation = {}
         for size in cfg.dataset.extrapolation_sizes:
-            loss, acc = evaluate(model, epoch_batches(cfg, test_data, device, None, image_size=size), autocast)
+            test_batches.output_size = size
+            loss, acc = evaluate(model, test_batches, autocast)
             extrapolation[str(size)] = {"val_loss": loss, "val_acc": acc}
             run.summary[f"extrapolation/{size}/val_acc"] = acc
+        test_batches.output_size = None
 
         last = history[-1]
         results = {
@@ -238,14 +260,17 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
             "num_parameters": num_parameters,
             "data_time_fraction": sum(r["data_seconds"] for r in history) / sum(r["epoch_seconds"] for r in history),
             "peak_memory_mb": peak_memory_mb(device),
+            "processes": processes.world_size,
             "history": history,
             "extrapolation": extrapolation,
         }
         run.summary.update({key: results[key] for key in (
             "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc", "best_val_acc",
             "avg_epoch_time_sec", "inference_time_ms_per_batch", "data_time_fraction", "peak_memory_mb")})
-        write_json_atomic(output_dir / "results.json", results)
-    log.info("results in %s", output_dir / "results.json")
+        if processes.is_main:
+            write_json_atomic(output_dir / "results.json", results)
+            log.info("results in %s", output_dir / "results.json")
+    distributed.stop(processes)
     return results
 
 
@@ -296,4 +321,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if not distributed.from_environment().is_main:
+        # Under torchrun only rank 0 writes a run folder; the others learn its path from rank 0.
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                     "hydra/hydra_logging=disabled"]
     main()

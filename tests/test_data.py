@@ -285,6 +285,19 @@ def test_augmentation_is_random_per_image_crop_or_flip_and_reproducible():
     assert torch.equal(augmented(Augment(random_crop_padding=2))[0], cropped)
 
 
+def test_shards_split_each_batch_of_the_same_epoch_between_processes():
+    tensors, augment = tiny_data(count=11), Augment(random_crop_padding=2, horizontal_flip=True)
+    whole = batches(tensors, seed=0, augment=augment)
+    shards = [batches(tensors, seed=0, augment=augment, shard=(rank, 2)) for rank in range(2)]
+    assert [len(labels) for _, labels in whole] == [4, 4, 3]
+    assert [len(labels) for _, labels in shards[1]] == [2, 2, 1]
+    for (images, labels), first, second in zip(whole, *shards):
+        assert torch.equal(labels[0::2], first[1]) and torch.equal(labels[1::2], second[1])
+        assert torch.equal(images[0::2], first[0]) and torch.equal(images[1::2], second[0])
+    # A last batch with fewer images than processes is dropped, so every process runs the same steps.
+    assert len(BatchIterator(tiny_data(count=9), 4, False, None, "cpu", [0], [1], shard=(0, 2))) == 2
+
+
 def test_output_size_resizes_batches():
     images, _ = batches(tiny_data(size=6), output_size=12)[0]
     assert images.shape == (4, 3, 12, 12)
