@@ -426,15 +426,24 @@ def write_report(dirs, output) -> Path:
 
 
 class ComparisonReportCallback(Callback):
-    """Writes the comparison report into the sweep folder when a multirun ends."""
+    """Writes the comparison report into the sweep folder when a multirun ends; then, if any job failed, ends the
+    sweep with exit status 1, so that a shell, CI or scheduler sees the failure the report lists."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = []
         # A report problem must never fail a sweep whose runs are already done.
         try:
-            sweep_dir = Path(config.hydra.sweep.dir)
+            results = collect_results([sweep_dir])
             log.info("comparison report: %s", write_report([sweep_dir], sweep_dir))
         except Exception:
             log.exception("could not write the comparison report")
+        failures = failed_runs(results)
+        if failures:
+            log.error("%d of %d jobs failed: %s", len(failures), len(results),
+                      ", ".join(failure["run_dir"] for failure in failures))
+            # Hydra turns a callback's exceptions into warnings; SystemExit is no Exception and reaches the shell.
+            sys.exit(1)
 
 
 def main(argv=None) -> int:

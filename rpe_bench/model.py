@@ -103,13 +103,13 @@ class VisionTransformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """PyTorch's default init for the projections: timm's std-0.02 init suits long schedules, but in the
+        reference notebook's two-epoch runs it trains visibly slower (MNIST val acc 0.944 against 0.95+)."""
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.absolute_table is not None:
             nn.init.trunc_normal_(self.absolute_table, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
 
     def absolute_positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
         """The APE table on this grid: bicubic interpolation over the 2D grid (as timm) when it differs from

@@ -300,21 +300,26 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    # Under torchrun the other ranks' output_dir is the working directory (see __main__): they write nothing.
+    owns_output_dir = distributed.from_environment().is_main
     try:
         validate(cfg)
         pick_device(cfg.trainer.device.value)
         return train(cfg, output_dir)["best_val_acc"]
     except (ConfigError, DatasetNotFoundError) as error:
         if not multirun:
-            discard_hydra_files(output_dir)
+            if owns_output_dir:
+                discard_hydra_files(output_dir)
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         log.error("job refused: %s", error)
-        record_failure(cfg, output_dir, error)
+        if owns_output_dir:
+            record_failure(cfg, output_dir, error)
     except Exception as error:
         # The whole traceback goes to this job's log; in a multirun the other jobs go on.
         log.exception("run failed")
-        record_failure(cfg, output_dir, error)
+        if owns_output_dir:
+            record_failure(cfg, output_dir, error)
         if not multirun:
             raise
     return None

@@ -225,9 +225,17 @@ def test_cli_refuses_a_missing_folder_with_exit_code_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no such folder: {tmp_path / 'absent'}"
 
 
-def test_callback_writes_the_report_into_the_sweep_folder(sweep):
-    ComparisonReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+def test_callback_writes_the_report_then_fails_a_sweep_with_a_failed_job(sweep):
+    with pytest.raises(SystemExit) as exit_info:
+        ComparisonReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert exit_info.value.code == 1
     assert (sweep / "report.html").exists() and (sweep / "comparison.csv").exists()
+
+
+def test_callback_ends_a_sweep_without_failures_normally(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", {("rope", None): [0.9, 0.91]})
+    ComparisonReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert (sweep / "report.html").exists()
 
 
 def test_callback_logs_instead_of_failing_the_sweep(tmp_path, caplog):

@@ -11,44 +11,15 @@ import pytest
 
 from rpe_bench import train as train_module
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from tests.helpers import TINY_RUN
+from tests.helpers import (PROJECT, TINY_RUN, own_wandb_environment, read_results, run_command, run_training,
+                           wandb_summary)
 
-PROJECT = Path(__file__).parents[1]
 NOTEBOOK_FIELDS = ["config", "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc",
                    "avg_epoch_time_sec", "inference_time_ms_per_batch"]
 
 
-def run_training(monkeypatch, *overrides: str) -> None:
-    """`python -m rpe_bench.train ...` in this process (no new interpreter, so seconds, not tens)."""
-    monkeypatch.setattr(sys, "argv", ["rpe_bench.train", *TINY_RUN, *overrides])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # let exceptions reach the test instead of sys.exit(1)
-    train_module.main()
-
-
-def own_wandb_environment() -> dict:
-    """In-process runs leave WANDB_SERVICE pointing at this process's W&B service; a child must start its own,
-    as a job on a cluster would."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
-
-
-def run_command(command: list[str]) -> None:
-    completed = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, env=own_wandb_environment())
-    assert completed.returncode == 0, completed.stderr[-3000:]
-
-
 def wandb_run_ids(run_dir: Path) -> set[str]:
     return {path.stem.removeprefix("run-") for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}
-
-
-def read_results(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.json").read_text())
-
-
-def wandb_summary(run_dir: Path) -> dict:
-    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
-    completed = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(offline_run)],
-                               capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout)
 
 
 def test_one_epoch_run_writes_results_and_an_offline_wandb_run(monkeypatch, tmp_path):
