@@ -17,6 +17,7 @@ def write_json_atomic(path: Path, payload) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         json.dump(payload, handle, indent=2)
         temp_name = handle.name
+    os.chmod(temp_name, 0o644)  # NamedTemporaryFile creates 0600; results are meant to be shared
     os.replace(temp_name, path)
 
 

@@ -32,7 +32,12 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class TrainingDiverged(RuntimeError):
-    pass
+    @classmethod
+    def at(cls, loss: float, where: str, output_dir: Path) -> "TrainingDiverged":
+        checkpoint = output_dir / CHECKPOINT_NAME
+        kept = (f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists()
+                else "no checkpoint was written yet")
+        return cls(f"training loss is {loss} at {where}; stopped: {kept}")
 
 
 def seed_everything(seed: int) -> None:
@@ -199,9 +204,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
                 if step % cfg.logger.log_every_steps == 0:
                     step_loss = loss.item()
                     if not math.isfinite(step_loss):
-                        raise TrainingDiverged(
-                            f"training loss is {step_loss} at epoch {epoch}, step {step}; stopped. The last good "
-                            f"checkpoint is kept in {output_dir}")
+                        raise TrainingDiverged.at(step_loss, f"epoch {epoch}, step {step}", output_dir)
                     run.log({"step": step, "step/train_loss": step_loss, "step/lr": scheduler.get_last_lr()[0]})
                     progress.set_postfix(loss=f"{step_loss:.4f}")
                     if progress.disable and step % PROGRESS_LINE_EVERY_STEPS == 0:
@@ -215,8 +218,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
                                        distributed.sum_over_processes(processes, loss_sum, correct, seen))
             train_loss, train_acc = loss_sum / seen, correct / seen
             if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"training loss is {train_loss} in epoch {epoch}; stopped. The last good "
-                                       f"checkpoint is kept in {output_dir}")
+                raise TrainingDiverged.at(train_loss, f"epoch {epoch}", output_dir)
             val_loss, val_acc = evaluate(model, test_batches, autocast)
             record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                       "val_acc": val_acc, "epoch_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,

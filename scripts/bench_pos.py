@@ -5,6 +5,7 @@ two model shapes at batch 128, so machine noise hits all variants alike. Also co
 timm's EVA ViT with rotary embeddings at the same widths, and bf16 autocast with fp32.
 
     python scripts/bench_pos.py --output docs/bench_pos            # writes .json and .md
+    python scripts/bench_pos.py --device cuda --output /tmp/bench_gpu
 """
 import argparse
 import copy
@@ -58,14 +59,15 @@ def timm_eva_rope(shape: VitShape) -> torch.nn.Module:
 
 
 class Contender:
-    """One model with its optimizer and a fixed batch; `train_step` and `infer` return milliseconds."""
+    """One model with its optimizer and a fixed batch on `device`; `train_step` and `infer` return milliseconds."""
 
-    def __init__(self, model, batch_size: int, shape: VitShape, precision: str = "fp32"):
-        self.model = model
+    def __init__(self, model, batch_size: int, shape: VitShape, device: torch.device, precision: str = "fp32"):
+        self.device = device
+        self.model = model.to(device)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        self.images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size)
-        self.labels = torch.randint(0, shape.num_classes, (batch_size,))
-        self.autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+        self.images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size, device=device)
+        self.labels = torch.randint(0, shape.num_classes, (batch_size,), device=device)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
         inference = copy.deepcopy(model).eval()
         if hasattr(inference, "fold_position_bases_"):
             inference.fold_position_bases_()
@@ -79,13 +81,19 @@ class Contender:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return 1000 * (time.perf_counter() - start)
+        return self.milliseconds_since(start)
 
     @torch.inference_mode()
     def infer(self) -> float:
         start = time.perf_counter()
         with self.autocast:
             self.inference_model(self.images)
+        return self.milliseconds_since(start)
+
+    def milliseconds_since(self, start: float) -> float:
+        # CUDA kernels run asynchronously: wait for them, or the clock reads the launch time alone.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return 1000 * (time.perf_counter() - start)
 
 
@@ -104,16 +112,17 @@ def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
             for name, kinds in timings.items()}
 
 
-def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, with_timm: bool) -> dict:
+def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, with_timm: bool,
+                    device: torch.device) -> dict:
     torch.manual_seed(0)
     contenders = {}
     for label, name, options, absolute_table in VARIANTS:
         model = VisionTransformer(shape, name, options, absolute_table=absolute_table)
         perturb_position_parameters(model)
-        contenders[label] = Contender(model, batch_size, shape)
-    contenders["rope bf16"] = Contender(VisionTransformer(shape, "rope"), batch_size, shape, precision="bf16")
+        contenders[label] = Contender(model, batch_size, shape, device)
+    contenders["rope bf16"] = Contender(VisionTransformer(shape, "rope"), batch_size, shape, device, precision="bf16")
     if with_timm:
-        contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), batch_size, shape)
+        contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), batch_size, shape, device)
     medians = interleaved_medians(contenders, rounds, steps)
     rope = medians["rope"]
     return {label: {"train_ms": m["train"], "inference_ms": m["inference"],
@@ -146,12 +155,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-timm", action="store_true", help="skip the timm EVA comparison")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timings wait for the GPU to finish)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {label: benchmark_shape(shape, args.batch_size, args.rounds, args.steps, not args.no_timm)
+    device = torch.device(args.device)
+    results = {label: benchmark_shape(shape, args.batch_size, args.rounds, args.steps, not args.no_timm, device)
                for label, shape in SHAPES.items()}
-    meta = {"machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
+    meta = {"machine": machine, "device": str(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
             "rounds": args.rounds, "steps": args.steps, "encodings": pos.available()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
