@@ -74,10 +74,11 @@ def open_wandb_run(cfg, output_dir: Path, run_id: str | None, enabled: bool = Tr
               "seed": cfg.seed, "emb_dim": cfg.model.emb_dim, "depth": cfg.model.depth,
               "num_heads": cfg.model.num_heads, "patch_size": cfg.model.patch_size,
               "run": OmegaConf.to_container(cfg, resolve=True)}
+    mode = resolve_mode(cfg.logger.mode.value) if enabled else "disabled"
     run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=identity["group"],
                      job_type="train", name=identity["name"], tags=identity["tags"], config=config,
-                     dir=str(output_dir), mode=resolve_mode(cfg.logger.mode.value) if enabled else "disabled", id=run_id,
-                     resume="allow" if run_id else None, reinit="finish_previous")
+                     dir=str(output_dir), mode=mode, id=run_id, resume="allow" if run_id else None,
+                     reinit="finish_previous")
     run.define_metric("step")
     run.define_metric("step/*", step_metric="step")
     run.define_metric("epoch")

@@ -3,6 +3,7 @@ import copy
 import logging
 import math
 import random
+import resource
 import statistics
 import sys
 import time
@@ -71,8 +72,9 @@ def autocast_for(device: torch.device, precision: str):
 
 def batches_for(cfg, data, device, training: bool, image_size: int | None = None,
                 shard: tuple[int, int] = (0, 1)) -> BatchIterator:
-    """Training batches (shuffled and augmented; call `reseed` each epoch) or evaluation batches. Under DDP each
-    process takes its `shard` (rank, world size) of every batch."""
+    """Training batches (shuffled and augmented from the generator set each epoch) or evaluation batches, resized
+    to `image_size` for resolution extrapolation. Under DDP each process takes its `shard` (rank, world size) of
+    every batch."""
     augment = cfg.dataset.augment
     return BatchIterator(
         data, batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
@@ -121,7 +123,6 @@ def inference_ms_per_batch(model, images, repeats: int, autocast, device) -> flo
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -243,11 +244,10 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
                                               autocast, device)
         extrapolation = {}
         for size in cfg.dataset.extrapolation_sizes:
-            test_batches.output_size = size
-            loss, acc = evaluate(model, test_batches, autocast)
+            loss, acc = evaluate(model, batches_for(cfg, test_data, device, training=False, image_size=size),
+                                 autocast)
             extrapolation[str(size)] = {"val_loss": loss, "val_acc": acc}
             run.summary[f"extrapolation/{size}/val_acc"] = acc
-        test_batches.output_size = None
 
         last = history[-1]
         results = {

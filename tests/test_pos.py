@@ -231,7 +231,8 @@ def test_non_string_variants_have_no_basis(name):
 def test_gradients_reach_learnable_parameters_from_init(name):
     encoding = make(name)
     q, k = random_qk()
-    (logits(*encoding(q, k, random_coords())) * torch.randn(2, HEADS, TOKENS, TOKENS, dtype=torch.float64)).sum().backward()
+    weights = torch.randn(2, HEADS, TOKENS, TOKENS, dtype=torch.float64)
+    (logits(*encoding(q, k, random_coords())) * weights).sum().backward()
     for parameter_name, parameter in encoding.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().max() > 1e-6, parameter_name
 
