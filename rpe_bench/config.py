@@ -101,6 +101,8 @@ class TrainerConfig:
     compile: bool = False
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
+    # Resolution extrapolation on the first N test batches only (the same images for every run); null: as val.
+    limit_extrapolation_batches: Optional[int] = None
     inference_timing_batches: int = 10
     resume: bool = True
 
@@ -161,7 +163,7 @@ def validate(cfg) -> None:
         refuse(f"trainer.batch_size={trainer.batch_size} must be >= 1")
     if trainer.warmup_epochs < 0:
         refuse(f"trainer.warmup_epochs={trainer.warmup_epochs} must be >= 0")
-    for key in ("limit_train_batches", "limit_val_batches", "threads"):
+    for key in ("limit_train_batches", "limit_val_batches", "limit_extrapolation_batches", "threads"):
         value = trainer[key]
         if value is not None and value < 1:
             refuse(f"trainer.{key}={value} must be >= 1 or null")

@@ -71,17 +71,18 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def batches_for(cfg, data, device, training: bool, image_size: int | None = None,
-                shard: tuple[int, int] = (0, 1)) -> BatchIterator:
+                shard: tuple[int, int] = (0, 1), limit_batches: int | None = None) -> BatchIterator:
     """Training batches (shuffled and augmented from the generator set each epoch) or evaluation batches, resized
     to `image_size` for resolution extrapolation. Under DDP each process takes its `shard` (rank, world size) of
-    every batch."""
+    every batch. `limit_batches` overrides the trainer's train/val limit."""
     augment = cfg.dataset.augment
+    if limit_batches is None:
+        limit_batches = cfg.trainer.limit_train_batches if training else cfg.trainer.limit_val_batches
     return BatchIterator(
         data, batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
         mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
         augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if training else None,
-        limit_batches=cfg.trainer.limit_train_batches if training else cfg.trainer.limit_val_batches,
-        output_size=image_size, shard=shard)
+        limit_batches=limit_batches, output_size=image_size, shard=shard)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -90,7 +91,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 @torch.inference_mode()
-def evaluate(model, batches, autocast) -> tuple[float, float]:
+def evaluate(model, batches, autocast) -> tuple[float, float, int]:
+    """Mean loss, accuracy and the number of images seen."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in batches:
@@ -99,7 +101,7 @@ def evaluate(model, batches, autocast) -> tuple[float, float]:
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         count += labels.numel()
-    return loss_sum / count, correct / count
+    return loss_sum / count, correct / count, count
 
 
 @torch.inference_mode()
@@ -220,7 +222,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
             train_loss, train_acc = loss_sum / seen, correct / seen
             if not math.isfinite(train_loss):
                 raise TrainingDiverged.at(train_loss, f"epoch {epoch}", output_dir)
-            val_loss, val_acc = evaluate(model, test_batches, autocast)
+            val_loss, val_acc, _ = evaluate(model, test_batches, autocast)
             record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                       "val_acc": val_acc, "epoch_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
                       "data_seconds": data_seconds, "step_ms": 1000 * epoch_seconds / steps_per_epoch}
@@ -244,9 +246,10 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
                                               autocast, device)
         extrapolation = {}
         for size in cfg.dataset.extrapolation_sizes:
-            loss, acc = evaluate(model, batches_for(cfg, test_data, device, training=False, image_size=size),
-                                 autocast)
-            extrapolation[str(size)] = {"val_loss": loss, "val_acc": acc}
+            batches = batches_for(cfg, test_data, device, training=False, image_size=size,
+                                  limit_batches=cfg.trainer.limit_extrapolation_batches)
+            loss, acc, images = evaluate(model, batches, autocast)
+            extrapolation[str(size)] = {"val_loss": loss, "val_acc": acc, "images": images}
             run.summary[f"extrapolation/{size}/val_acc"] = acc
 
         last = history[-1]

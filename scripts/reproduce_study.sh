@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Reproduce the reference study on the real data (docs/results.md): MNIST and the JPEG copy of CIFAR-10.
-#   RUNS=/path/for/run/folders DATA=/path/to/shared/data bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all]
-# Every sweep can be interrupted and rerun with the same command: finished jobs are only re-evaluated, and
-# unfinished ones resume from their last end-of-epoch checkpoint.
+#   RUNS=/path/for/run/folders DATA=/path/to/shared/data [SEEDS=1,2,3] [VARIANTS=rope,...] \
+#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all]
+# Run folders are named <variant>_seed<seed>, so a sweep can be split over sittings (SEEDS, VARIANTS) into the
+# same folder, interrupted and rerun with the same command: finished jobs are only re-evaluated, and unfinished
+# ones resume from their last end-of-epoch checkpoint. Each sweep's results.json files are then copied to
+# docs/results/<sweep>/runs/ (small; no checkpoints or W&B folders) and its report rebuilt from them.
 set -euo pipefail
 RUNS=${RUNS:-runs}
 DATA=${DATA:-../shared/data}
 CIFAR_JPEG=${CIFAR_JPEG:-$RUNS/cifar10-jpeg}
 ALL_MNIST=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.5,cayley_sparse_f0.2,cayley_sparse_f0.1,rope_mixed,circulant,ape
 ALL_CIFAR=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.3,cayley_sparse_f0.1,rope_mixed,circulant,ape
+LONG_CIFAR=rope,cayley_dense,reflection
+NAMED_RUNS='hydra.sweep.subdir=${hydra:runtime.choices.variant}_seed${seed}'
+# Extrapolation on the first 16 test batches (2,048 images, the same for every run): a quarter of the full
+# test set's cost at 64 px, where one evaluation at full size took longer than half an epoch here.
+CIFAR=(experiment=cifar10_variants dataset=image_folder "dataset.root=$CIFAR_JPEG"
+       trainer.limit_extrapolation_batches=16 logger.mode=offline "$NAMED_RUNS")
 
 cifar_data() {
   if [ ! -d "$CIFAR_JPEG/train" ]; then
@@ -16,18 +25,31 @@ cifar_data() {
   fi
 }
 
+publish() {  # publish <sweep name>: keep every run's results.json and rebuild the report from them
+  local runs=docs/results/$1/runs
+  for result in "$RUNS/$1"/*/results.json; do
+    mkdir -p "$runs/$(basename "$(dirname "$result")")"
+    cp "$result" "$runs/$(basename "$(dirname "$result")")/results.json"
+  done
+  python -m rpe_bench.compare "$runs" --output "docs/results/$1"
+}
+
 case "${1:-all}" in
   mnist|all)
-    RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants seed=1,2,3 variant=$ALL_MNIST \
-      logger.mode=offline hydra.sweep.dir=$RUNS/mnist ;;&
+    RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3}" \
+      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "hydra.sweep.dir=$RUNS/mnist" || true
+    publish mnist ;;&
   cifar10|all)
     cifar_data
-    python -m rpe_bench.train -m experiment=cifar10_variants dataset=image_folder dataset.root=$CIFAR_JPEG \
-      seed=1,2,3 variant=$ALL_CIFAR logger.mode=offline hydra.sweep.dir=$RUNS/cifar10 ;;&
+    python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2,3}" "variant=${VARIANTS:-$ALL_CIFAR}" \
+      "hydra.sweep.dir=$RUNS/cifar10" || true
+    publish cifar10 ;;&
   cifar10_long|all)
+    # bf16 autocast: 0.81x the fp32 step time for this shape on the 2-core CPU (docs/bench_pos.md).
     cifar_data
-    python -m rpe_bench.train -m experiment=cifar10_variants dataset=image_folder dataset.root=$CIFAR_JPEG \
-      seed=1,2 variant=rope,cayley_dense,reflection trainer.epochs=10 trainer.schedule=cosine \
-      trainer.warmup_epochs=1 logger.mode=offline hydra.sweep.dir=$RUNS/cifar10_long ;;
+    python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2}" "variant=${VARIANTS:-$LONG_CIFAR}" \
+      trainer.epochs=10 trainer.schedule=cosine trainer.warmup_epochs=1 trainer.precision=bf16 \
+      "hydra.sweep.dir=$RUNS/cifar10_long" || true
+    publish cifar10_long ;;
 esac
 python scripts/notebook_formulation.py --output docs/notebook_formulation.md

@@ -71,6 +71,7 @@ def test_hydra_refuses_bad_types_keys_and_options(override, error):
     (["trainer.epochs=0"], "trainer.epochs=0"),
     (["trainer.batch_size=0"], "trainer.batch_size=0"),
     (["pos=reflection", "pos.options.k=0"], "k=0"),
+    (["trainer.limit_extrapolation_batches=0"], "trainer.limit_extrapolation_batches=0"),
 ])
 def test_out_of_range_values_are_refused_with_one_line(overrides, named):
     cfg = compose_config(*overrides)

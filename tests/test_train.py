@@ -40,6 +40,16 @@ def test_one_epoch_run_writes_results_and_an_offline_wandb_run(monkeypatch, tmp_
         assert run["summary"][field] == pytest.approx(results[field]), field
 
 
+def test_extrapolation_uses_the_val_batches_unless_limited_on_its_own(monkeypatch, tmp_path):
+    """TINY_RUN evaluates 2 batches of 64; extrapolation follows that, or takes its own first-N-batches limit."""
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path / 'as_val'}")
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path / 'limited'}", "trainer.limit_extrapolation_batches=1")
+    as_val, limited = read_results(tmp_path / "as_val"), read_results(tmp_path / "limited")
+    assert {size: result["images"] for size, result in as_val["extrapolation"].items()} == {"12": 128, "16": 128}
+    assert {size: result["images"] for size, result in limited["extrapolation"].items()} == {"12": 64, "16": 64}
+    assert all((result["val_acc"] * 64).is_integer() for result in limited["extrapolation"].values())
+
+
 def test_same_seed_gives_the_same_losses(monkeypatch, tmp_path):
     first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run_training(monkeypatch, f"hydra.run.dir={first}", "seed=7", "pos=cayley_dense")
