@@ -10,6 +10,8 @@ set -euo pipefail
 RUNS=${RUNS:-runs}
 DATA=${DATA:-../shared/data}
 CIFAR_JPEG=${CIFAR_JPEG:-$RUNS/cifar10-jpeg}
+# A failed sweep still publishes what finished, then the script exits with the sweep's status.
+sweep_status=0
 ALL_MNIST=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.5,cayley_sparse_f0.2,cayley_sparse_f0.1,rope_mixed,circulant,ape
 ALL_CIFAR=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.3,cayley_sparse_f0.1,rope_mixed,circulant,ape
 LONG_CIFAR=rope,cayley_dense,reflection
@@ -26,30 +28,31 @@ cifar_data() {
 }
 
 publish() {  # publish <sweep name>: keep every run's results.json and rebuild the report from them
-  local runs=docs/results/$1/runs
+  local run
   for result in "$RUNS/$1"/*/results.json; do
-    mkdir -p "$runs/$(basename "$(dirname "$result")")"
-    cp "$result" "$runs/$(basename "$(dirname "$result")")/results.json"
+    run=docs/results/$1/runs/$(basename "$(dirname "$result")")
+    mkdir -p "$run" && cp "$result" "$run/results.json"
   done
-  python -m rpe_bench.compare "$runs" --output "docs/results/$1"
+  python -m rpe_bench.compare "docs/results/$1/runs" --output "docs/results/$1"
 }
 
 case "${1:-all}" in
   mnist|all)
     RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3}" \
-      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "hydra.sweep.dir=$RUNS/mnist" || true
+      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "hydra.sweep.dir=$RUNS/mnist" || sweep_status=$?
     publish mnist ;;&
   cifar10|all)
     cifar_data
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2,3}" "variant=${VARIANTS:-$ALL_CIFAR}" \
-      "hydra.sweep.dir=$RUNS/cifar10" || true
+      "hydra.sweep.dir=$RUNS/cifar10" || sweep_status=$?
     publish cifar10 ;;&
   cifar10_long|all)
     # bf16 autocast: 0.81x the fp32 step time for this shape on the 2-core CPU (docs/bench_pos.md).
     cifar_data
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2}" "variant=${VARIANTS:-$LONG_CIFAR}" \
       trainer.epochs=10 trainer.schedule=cosine trainer.warmup_epochs=1 trainer.precision=bf16 \
-      "hydra.sweep.dir=$RUNS/cifar10_long" || true
+      "hydra.sweep.dir=$RUNS/cifar10_long" || sweep_status=$?
     publish cifar10_long ;;
 esac
 python scripts/notebook_formulation.py --output docs/notebook_formulation.md
+exit $sweep_status
