@@ -123,6 +123,17 @@ def test_string_basis_is_orthogonal(name):
     torch.testing.assert_close(basis.transpose(1, 2) @ basis, identity, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", STRING_VARIANTS)
+def test_string_basis_stays_orthogonal_in_fp32_under_bf16_autocast(name):
+    # Autocast would run reflection's WY product in bf16: P then drifts from orthogonal by about 1e-2.
+    encoding = perturbed(make(name, head_dim=48, dtype=torch.float32))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        basis = encoding.projection_basis()
+    assert basis.dtype == torch.float32
+    identity = torch.eye(48).expand_as(basis)
+    torch.testing.assert_close(basis.transpose(1, 2) @ basis, identity, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["cayley_dense", "cayley_sparse"])
 def test_cayley_basis_is_a_rotation(name):
     determinant = torch.linalg.det(perturbed(make(name)).basis())

@@ -1,4 +1,5 @@
 """The interface every position encoding implements (see docs/design.md), with identity defaults."""
+import itertools
 from typing import Optional, Set, Tuple
 
 import torch
@@ -34,8 +35,18 @@ class PositionEncoding(nn.Module):
         return None
 
     def projection_basis(self) -> Optional[torch.Tensor]:
-        """What the attention must fold into W_q / W_k on this forward pass."""
-        return None if self.basis_folded else self.basis()
+        """What the attention must fold into W_q / W_k on this forward pass.
+
+        P is built in fp32 even under bf16 autocast: a bf16 matmul inside `basis` (reflection's WY product)
+        leaves P about 1e-2 from orthogonal. Only its product with the projection runs in low precision."""
+        if self.basis_folded:
+            return None
+        with torch.autocast(self.device_type(), enabled=False):
+            return self.basis()
+
+    def device_type(self) -> str:
+        tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return "cpu" if tensor is None else tensor.device.type
 
     def fold_basis_(self) -> None:
         """Record that the model has baked P into its projection weights, so P must not be applied again."""
