@@ -125,7 +125,7 @@ def test_string_basis_is_orthogonal(name):
 
 @pytest.mark.parametrize("name", STRING_VARIANTS)
 def test_string_basis_stays_orthogonal_in_fp32_under_bf16_autocast(name):
-    # Autocast would run reflection's WY product in bf16: P then drifts from orthogonal by about 1e-2.
+    # Autocast would run reflection's WY product in bf16: P then drifts from orthogonal by about 7e-3.
     encoding = perturbed(make(name, head_dim=48, dtype=torch.float32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         basis = encoding.projection_basis()
