@@ -38,7 +38,8 @@ class PositionEncoding(nn.Module):
         """What the attention must fold into W_q / W_k on this forward pass.
 
         P is built in fp32 even under bf16 autocast: a bf16 matmul inside `basis` (reflection's WY product)
-        leaves P about 7e-3 from orthogonal at head_dim 48. Only its product with the projection runs in low precision."""
+        leaves P about 7e-3 from orthogonal at head_dim 48. Only its product with the projection runs in
+        low precision."""
         if self.basis_folded:
             return None
         with torch.autocast(self.device_type(), enabled=False):
