@@ -40,6 +40,8 @@ VARIANTS = [
     ("reflection k=d", "reflection", {}, False),
     ("circulant", "circulant", {}, False),
 ]
+# Variants also timed under bf16 autocast, the precision of the long CIFAR-10 runs; compared with RoPE in bf16.
+BF16_VARIANTS = ["rope", "cayley_dense", "reflection"]
 
 
 def perturb_position_parameters(model: torch.nn.Module) -> None:
@@ -120,14 +122,23 @@ def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, w
         model = VisionTransformer(shape, name, options, absolute_table=absolute_table)
         perturb_position_parameters(model)
         contenders[label] = Contender(model, batch_size, shape, device)
-    contenders["rope bf16"] = Contender(VisionTransformer(shape, "rope"), batch_size, shape, device, precision="bf16")
+    for name in BF16_VARIANTS:
+        model = VisionTransformer(shape, name)
+        perturb_position_parameters(model)
+        contenders[f"{name} bf16"] = Contender(model, batch_size, shape, device, precision="bf16")
     if with_timm:
         contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), batch_size, shape, device)
     medians = interleaved_medians(contenders, rounds, steps)
-    rope = medians["rope"]
-    return {label: {"train_ms": m["train"], "inference_ms": m["inference"],
-                    "train_ratio": m["train"] / rope["train"], "inference_ratio": m["inference"] / rope["inference"]}
-            for label, m in medians.items()}
+    rope, rope_bf16 = medians["rope"], medians["rope bf16"]
+    results = {label: {"train_ms": m["train"], "inference_ms": m["inference"],
+                       "train_ratio": m["train"] / rope["train"],
+                       "inference_ratio": m["inference"] / rope["inference"]}
+               for label, m in medians.items()}
+    for label, row in results.items():
+        if label.endswith(" bf16"):
+            row["train_ratio_bf16"] = row["train_ms"] / rope_bf16["train"]
+            row["inference_ratio_bf16"] = row["inference_ms"] / rope_bf16["inference"]
+    return results
 
 
 def markdown(results: dict, meta: dict) -> str:
@@ -135,13 +146,18 @@ def markdown(results: dict, meta: dict) -> str:
              f"{meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; batch {meta['batch_size']}; "
              f"median over {meta['rounds']} interleaved rounds x {meta['steps']} steps; fp32 unless named. "
              "Train = forward + backward + AdamW step; inference = eval, `torch.inference_mode()`, STRING bases "
-             "folded into W_q/W_k. Ratios are to our RoPE model in the same process.", ""]
+             "folded into W_q/W_k. Ratios are to our fp32 RoPE model in the same process; bf16 rows also give "
+             "their ratio to RoPE under bf16.", ""]
     for shape, rows in results.items():
-        lines += [f"## {shape}", "", "| variant | train ms | train / RoPE | inference ms | inference / RoPE |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"## {shape}", "",
+                  "| variant | train ms | train / RoPE | train / RoPE bf16 | inference ms | inference / RoPE "
+                  "| inference / RoPE bf16 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for label, row in rows.items():
-            lines.append(f"| {label} | {row['train_ms']:.2f} | {row['train_ratio']:.3f} | "
-                         f"{row['inference_ms']:.2f} | {row['inference_ratio']:.3f} |")
+            bf16_train, bf16_inference = (f"{row[key]:.3f}" if key in row else "-"
+                                          for key in ("train_ratio_bf16", "inference_ratio_bf16"))
+            lines.append(f"| {label} | {row['train_ms']:.2f} | {row['train_ratio']:.3f} | {bf16_train} | "
+                         f"{row['inference_ms']:.2f} | {row['inference_ratio']:.3f} | {bf16_inference} |")
         lines.append("")
     return "\n".join(lines)
 

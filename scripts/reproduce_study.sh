@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the reference study on the real data (docs/results.md): MNIST and the JPEG copy of CIFAR-10.
 #   RUNS=/path/for/run/folders DATA=/path/to/shared/data [SEEDS=1,2,3] [VARIANTS=rope,...] \
-#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all]
+#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all] [more Hydra overrides, e.g. trainer.threads=1]
 # Run folders are named <variant>_seed<seed>, so a sweep can be split over sittings (SEEDS, VARIANTS) into the
 # same folder, interrupted and rerun with the same command: finished jobs are only re-evaluated, and unfinished
 # ones resume from their last end-of-epoch checkpoint. Each sweep's results.json files are then copied to
@@ -12,6 +12,8 @@ DATA=${DATA:-../shared/data}
 CIFAR_JPEG=${CIFAR_JPEG:-$RUNS/cifar10-jpeg}
 # A failed sweep still publishes what finished, then the script exits with the sweep's status.
 sweep_status=0
+SWEEP=${1:-all}
+shift $(( $# > 0 ? 1 : 0 ))
 ALL_MNIST=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.5,cayley_sparse_f0.2,cayley_sparse_f0.1,rope_mixed,circulant,ape
 ALL_CIFAR=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.3,cayley_sparse_f0.1,rope_mixed,circulant,ape
 LONG_CIFAR=rope,cayley_dense,reflection
@@ -36,22 +38,22 @@ publish() {  # publish <sweep name>: keep every run's results.json and rebuild t
   python -m rpe_bench.compare "docs/results/$1/runs" --output "docs/results/$1"
 }
 
-case "${1:-all}" in
+case "$SWEEP" in
   mnist|all)
     RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3}" \
-      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "hydra.sweep.dir=$RUNS/mnist" || sweep_status=$?
+      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "hydra.sweep.dir=$RUNS/mnist" "$@" || sweep_status=$?
     publish mnist ;;&
   cifar10|all)
     cifar_data
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2,3}" "variant=${VARIANTS:-$ALL_CIFAR}" \
-      "hydra.sweep.dir=$RUNS/cifar10" || sweep_status=$?
+      "hydra.sweep.dir=$RUNS/cifar10" "$@" || sweep_status=$?
     publish cifar10 ;;&
   cifar10_long|all)
     # bf16 autocast: 0.81x the fp32 step time for this shape on the 2-core CPU (docs/bench_pos.md).
     cifar_data
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2}" "variant=${VARIANTS:-$LONG_CIFAR}" \
       trainer.epochs=10 trainer.schedule=cosine trainer.warmup_epochs=1 trainer.precision=bf16 \
-      "hydra.sweep.dir=$RUNS/cifar10_long" || sweep_status=$?
+      "hydra.sweep.dir=$RUNS/cifar10_long" "$@" || sweep_status=$?
     publish cifar10_long ;;
 esac
 python scripts/notebook_formulation.py --output docs/notebook_formulation.md
