@@ -2,7 +2,8 @@
 
 Every variant is timed in the same process, interleaved round by round with RoPE, on the reference notebook's
 two model shapes at batch 128, so machine noise hits all variants alike. Also compares our RoPE ViT with
-timm's EVA ViT with rotary embeddings at the same widths, and bf16 autocast with fp32.
+timm's EVA ViT with rotary embeddings at the same widths, and times RoPE, Cayley- and Reflection-STRING under bf16
+autocast too (ratios to fp32 RoPE and to RoPE in bf16).
 
     python scripts/bench_pos.py --output docs/bench_pos            # writes .json and .md
     python scripts/bench_pos.py --device cuda --output /tmp/bench_gpu
