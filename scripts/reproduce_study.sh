@@ -14,6 +14,11 @@ CIFAR_JPEG=${CIFAR_JPEG:-$RUNS/cifar10-jpeg}
 sweep_status=0
 SWEEP=${1:-all}
 shift $(( $# > 0 ? 1 : 0 ))
+case "$SWEEP" in
+  mnist|cifar10|cifar10_long|all) ;;
+  *) echo "reproduce_study.sh: unknown sweep '$SWEEP'; expected one of: mnist, cifar10, cifar10_long, all" >&2
+     exit 2 ;;
+esac
 ALL_MNIST=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.5,cayley_sparse_f0.2,cayley_sparse_f0.1,rope_mixed,circulant,ape
 ALL_CIFAR=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.3,cayley_sparse_f0.1,rope_mixed,circulant,ape
 LONG_CIFAR=rope,cayley_dense,reflection
