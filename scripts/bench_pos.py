@@ -135,10 +135,10 @@ def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, w
                        "train_ratio": m["train"] / rope["train"],
                        "inference_ratio": m["inference"] / rope["inference"]}
                for label, m in medians.items()}
-    for label, row in results.items():
-        if label.endswith(" bf16"):
-            row["train_ratio_bf16"] = row["train_ms"] / rope_bf16["train"]
-            row["inference_ratio_bf16"] = row["inference_ms"] / rope_bf16["inference"]
+    for name in BF16_VARIANTS:
+        row = results[f"{name} bf16"]
+        row["train_ratio_bf16"] = row["train_ms"] / rope_bf16["train"]
+        row["inference_ratio_bf16"] = row["inference_ms"] / rope_bf16["inference"]
     return results
 
 

@@ -54,7 +54,7 @@ case "$SWEEP" in
       "hydra.sweep.dir=$RUNS/cifar10" "$@" || sweep_status=$?
     publish cifar10 ;;&
   cifar10_long|all)
-    # bf16 autocast: 0.81x the fp32 step time for this shape on the 2-core CPU (docs/bench_pos.md).
+    # bf16 autocast: 0.81-0.82x the fp32 step time for this shape on the 2-core CPU (docs/bench_pos.md, two runs).
     cifar_data
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2}" "variant=${VARIANTS:-$LONG_CIFAR}" \
       trainer.epochs=10 trainer.schedule=cosine trainer.warmup_epochs=1 trainer.precision=bf16 \

@@ -42,10 +42,10 @@ class PositionEncoding(nn.Module):
         low precision."""
         if self.basis_folded:
             return None
-        with torch.autocast(self.device_type(), enabled=False):
+        with torch.autocast(self._device_type(), enabled=False):
             return self.basis()
 
-    def device_type(self) -> str:
+    def _device_type(self) -> str:
         tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
         return "cpu" if tensor is None else tensor.device.type
 
