@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rpe_bench.files import atomic_write
+
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint-previous.pt"
 
@@ -37,11 +39,11 @@ def restore_rng_state(state: dict) -> None:
 def save_checkpoint(folder: Path, state: dict) -> Path:
     """Temp file, then rename; the checkpoint it replaces stays as checkpoint-previous.pt."""
     folder = Path(folder)
-    path, temp = folder / CHECKPOINT_NAME, folder / f".{CHECKPOINT_NAME}.tmp"
-    torch.save(state, temp)
-    if path.exists():
-        os.replace(path, folder / PREVIOUS_NAME)
-    os.replace(temp, path)
+    path = folder / CHECKPOINT_NAME
+    with atomic_write(path) as temp:
+        torch.save(state, temp)
+        if path.exists():
+            os.replace(path, folder / PREVIOUS_NAME)
     return path
 
 

@@ -26,7 +26,6 @@ under DDP, shard=(rank, world_size) hands each process its share of those same b
 """
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -38,6 +37,8 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+from rpe_bench.files import atomic_write
 
 DIGITS_TEST_SIZE = 360
 ROOT_HINT = "Set RPE_BENCH_DATA or dataset.root=..."
@@ -136,19 +137,12 @@ def decode_images(samples, image_size: int, channels: int) -> ImageTensors:
     return ImageTensors(images.permute(0, 3, 1, 2).contiguous(), labels)
 
 
-def save_atomically(payload, path: str) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a cache."""
-    temp_name = None
+def save_cache(payload, path: str) -> None:
     try:
-        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), prefix=".rpe_bench_tmp_", delete=False) as handle:
-            temp_name = handle.name
-            torch.save(payload, handle)
-        os.chmod(temp_name, 0o644)  # temp files are private; the cache is as readable as the images
-        os.replace(temp_name, path)
+        with atomic_write(path) as temp:
+            torch.save(payload, temp)
     except OSError as error:  # a read-only data folder still loads, only slower next time
         warnings.warn(f"could not cache decoded images in {path}: {error}")
-        if temp_name and os.path.exists(temp_name):
-            os.remove(temp_name)
 
 
 def load_image_folder(root: str, download: bool, image_size: int, channels: int):
@@ -168,7 +162,7 @@ def load_image_folder(root: str, download: bool, image_size: int, channels: int)
         if saved["key"] == key:
             return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
     train, test = (decode_images(split, image_size, channels) for split in samples)
-    save_atomically({"key": key, "train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
+    save_cache({"key": key, "train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return train, test
 
 

@@ -1,8 +1,8 @@
-"""Where a run's numbers go: a W&B run (offline unless a key is configured) and files in the run folder."""
-import json
+"""The W&B side of a run (offline unless a key is configured): its identity, config and metrics, named as in
+the run record (rpe_bench.results)."""
+import dataclasses
 import netrc
 import os
-import tempfile
 from pathlib import Path
 
 import wandb
@@ -10,15 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        temp_name = handle.name
-    os.chmod(temp_name, 0o644)  # NamedTemporaryFile creates 0600; results are meant to be shared
-    os.replace(temp_name, path)
+from rpe_bench.results import EPOCH_FIELDS, EpochRecord, RunConfigRecord, RunResult, extrapolation_metric
 
 
 def has_wandb_api_key() -> bool:
@@ -36,18 +28,6 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
-def notebook_config(cfg) -> dict:
-    """The reference notebook's flat `config` record, so results files of both can be read side by side."""
-    return {
-        "dataset": cfg.dataset.name, "pos_variant": cfg.pos.name, "img_size": cfg.dataset.image_size,
-        "patch_size": cfg.model.patch_size, "in_chans": cfg.dataset.channels,
-        "num_classes": cfg.dataset.num_classes, "emb_dim": cfg.model.emb_dim, "depth": cfg.model.depth,
-        "n_heads": cfg.model.num_heads, "batch_size": cfg.trainer.batch_size, "epochs": cfg.trainer.epochs,
-        "lr": cfg.trainer.lr, "weight_decay": cfg.trainer.weight_decay,
-        "f_sparse": cfg.sparsity.f if "f" in cfg.pos.options else None, "seed": cfg.seed,
-    }
-
-
 def run_identity(cfg) -> dict:
     """Group, name and tags: a multirun's jobs share the sweep's group; a single run is its own group."""
     hydra_cfg = HydraConfig.get()
@@ -58,31 +38,40 @@ def run_identity(cfg) -> dict:
         name = f"{hydra_cfg.job.num}:{name}"
     else:
         group = f"run-{'_'.join(Path(hydra_cfg.runtime.output_dir).parts[-2:])}"
-    notebook = notebook_config(cfg)
-    tags = [f"pos={cfg.pos.name}", f"dataset={cfg.dataset.name}"]
-    if notebook["f_sparse"] is not None:
-        tags.append(f"f={notebook['f_sparse']}")
+    record = RunConfigRecord.from_cfg(cfg)
+    tags = [f"pos_variant={record.pos_variant}", f"dataset={record.dataset}", f"coordinates={record.coordinates}"]
+    if record.f_sparse is not None:
+        tags.append(f"f_sparse={record.f_sparse}")
     return {"group": cfg.logger.group or group, "name": name, "tags": tags + list(cfg.logger.tags)}
 
 
-def open_wandb_run(cfg, output_dir: Path, run_id: str | None, enabled: bool = True):
+def open_wandb_run(cfg, output_dir: Path, run_id: str | None, provenance: dict, enabled: bool = True):
     """A W&B run for this job, resumed when `run_id` names the one a checkpoint recorded; a disabled run
-    (logging nothing) for processes other than rank 0."""
+    (logging nothing) for processes other than rank 0. Its config's top level is the run record's `config`
+    (the keys to group and filter by), with the provenance and the full resolved config beside it."""
     identity = run_identity(cfg)
-    notebook = notebook_config(cfg)
-    config = {"pos": cfg.pos.name, "dataset": cfg.dataset.name, "sparsity_f": notebook["f_sparse"],
-              "seed": cfg.seed, "emb_dim": cfg.model.emb_dim, "depth": cfg.model.depth,
-              "num_heads": cfg.model.num_heads, "patch_size": cfg.model.patch_size,
-              "run": OmegaConf.to_container(cfg, resolve=True)}
+    config = {**dataclasses.asdict(RunConfigRecord.from_cfg(cfg)), "provenance": provenance,
+              "resolved_config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     mode = resolve_mode(cfg.logger.mode.value) if enabled else "disabled"
     run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=identity["group"],
                      job_type="train", name=identity["name"], tags=identity["tags"], config=config,
                      dir=str(output_dir), mode=mode, id=run_id, resume="allow" if run_id else None,
                      reinit="finish_previous")
     run.define_metric("step")
-    run.define_metric("step/*", step_metric="step")
+    for metric in ("step_loss", "learning_rate"):
+        run.define_metric(metric, step_metric="step")
     run.define_metric("epoch")
-    for metric in ("train/*", "val/*", "time/*", "memory/*", "extrapolation/*"):
+    for metric in EPOCH_FIELDS[1:]:
         run.define_metric(metric, step_metric="epoch")
-    run.define_metric("val/acc", step_metric="epoch", summary="max")
+    run.define_metric("val_acc", step_metric="epoch", summary="max")
     return run
+
+
+def log_epoch(run, record: EpochRecord, peak_memory_mb: float) -> None:
+    run.log({**dataclasses.asdict(record), "peak_memory_mb": peak_memory_mb})
+
+
+def log_result(run, result: RunResult) -> None:
+    run.summary.update(result.summary())
+    for size, record in result.extrapolation.items():
+        run.summary[extrapolation_metric(size)] = record.val_acc

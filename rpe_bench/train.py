@@ -1,44 +1,36 @@
-"""`python -m rpe_bench.train`: the Hydra entry point and the training loop, top to bottom."""
-import copy
+"""`python -m rpe_bench.train`: the Hydra entry point, the error policy and the run's phases, top to bottom:
+processes -> set-up -> resume -> fit (rpe_bench.loop) -> measure (rpe_bench.measure) -> the run record."""
+import dataclasses
 import logging
-import math
+import os
 import random
-import resource
-import statistics
 import sys
-import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from rpe_bench import distributed
+from rpe_bench import distributed, run_folder
+from rpe_bench import provenance as run_provenance
 from rpe_bench.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from rpe_bench.config import ConfigError, register_configs, validate
-from rpe_bench.data import Augment, BatchIterator, DatasetNotFoundError, load_splits
+from rpe_bench.data import DatasetNotFoundError, load_splits
+from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
+from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
-from rpe_bench.tracking import notebook_config, open_wandb_run, write_json_atomic
+from rpe_bench.results import EpochRecord, RunConfigRecord, RunResult, write_result
+from rpe_bench.run_folder import RunFolderRefused, check_same_run, run_identity
+from rpe_bench.tracking import log_epoch, log_result, open_wandb_run
 
 log = logging.getLogger("rpe_bench")
-PROGRESS_LINE_EVERY_STEPS = 100
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-class TrainingDiverged(RuntimeError):
-    @classmethod
-    def at(cls, loss: float, where: str, output_dir: Path) -> "TrainingDiverged":
-        checkpoint = output_dir / CHECKPOINT_NAME
-        kept = (f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists()
-                else "no checkpoint was written yet")
-        return cls(f"training loss is {loss} at {where}; stopped: {kept}")
 
 
 def seed_everything(seed: int) -> None:
@@ -55,80 +47,14 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
-
-
 def autocast_for(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
-def batches_for(cfg, data, device, training: bool, image_size: int | None = None,
-                shard: tuple[int, int] = (0, 1), limit_batches: int | None = None) -> BatchIterator:
-    """Training batches (shuffled and augmented from the generator set each epoch) or evaluation batches, resized
-    to `image_size` for resolution extrapolation. Under DDP each process takes its `shard` (rank, world size) of
-    every batch. `limit_batches` overrides the trainer's train/val limit."""
-    augment = cfg.dataset.augment
-    if limit_batches is None:
-        limit_batches = cfg.trainer.limit_train_batches if training else cfg.trainer.limit_val_batches
-    return BatchIterator(
-        data, batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
-        mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
-        augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if training else None,
-        limit_batches=limit_batches, output_size=image_size, shard=shard)
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """Order, crops and flips of an epoch depend on (seed, epoch) alone, so a resumed run sees the same batches."""
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
-
-
-@torch.inference_mode()
-def evaluate(model, batches, autocast) -> tuple[float, float, int]:
-    """Mean loss, accuracy and the number of images seen."""
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for images, labels in batches:
-        with autocast:
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += labels.numel()
-    return loss_sum / count, correct / count, count
-
-
-@torch.inference_mode()
-def inference_ms_per_batch(model, images, repeats: int, autocast, device) -> float:
-    """Median over `repeats` batches after warm-up, in eval mode, with every STRING basis folded into the
-    projections once (the deployment form)."""
-    folded = copy.deepcopy(model).eval()
-    folded.fold_position_bases_()
-    timings = []
-    for index in range(repeats + 2):
-        start = time.perf_counter()
-        with autocast:
-            folded(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if index >= 2:
-            timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
-
-
-def peak_memory_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def train(cfg: DictConfig, output_dir: Path) -> dict:
+def start_processes(cfg) -> tuple[distributed.Processes, torch.device]:
+    """Seeds, threads, the device and (under torchrun) the process group."""
     processes = distributed.from_environment()
     seed_everything(cfg.seed)
     if cfg.trainer.threads:
@@ -138,145 +64,110 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
         device = torch.device("cuda", processes.local_rank)
         torch.cuda.set_device(device)
     distributed.start(processes, device)
-    output_dir = Path(distributed.main_output_dir(processes, output_dir))
-    autocast = autocast_for(device, cfg.trainer.precision.value)
+    return processes, device
+
+
+def set_up(cfg, processes: distributed.Processes, device: torch.device):
+    """Data, model, optimizer and schedule: (Training, the test split for extrapolation)."""
     train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
                                         cfg.dataset.image_size, cfg.dataset.channels)
     train_batches = batches_for(cfg, train_data, device, training=True,
                                 shard=(processes.rank, processes.world_size))
-    test_batches = batches_for(cfg, test_data, device, training=False)
-
     model = build_model(cfg).to(device)
     forward_model = torch.compile(model) if cfg.trainer.compile else model
     if processes.distributed:
         forward_model = DistributedDataParallel(forward_model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.trainer.weight_decay), lr=cfg.trainer.lr)
-    steps_per_epoch = len(train_batches)
-    total_steps = steps_per_epoch * cfg.trainer.epochs
-    warmup_steps = round(cfg.trainer.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps, cfg.trainer.schedule.value))
+    training = Training(model=model, forward_model=forward_model, optimizer=optimizer,
+                        scheduler=scheduler_for(optimizer, cfg, len(train_batches)), train_batches=train_batches,
+                        test_batches=batches_for(cfg, test_data, device, training=False),
+                        autocast=autocast_for(device, cfg.trainer.precision.value), device=device,
+                        processes=processes)
+    return training, test_data
 
-    history, start_epoch, run_id = [], 1, None
-    checkpoint = load_checkpoint(output_dir, map_location=device) if cfg.trainer.resume else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_rng_state(checkpoint["rng"])
-        history, start_epoch, run_id = checkpoint["history"], checkpoint["epoch"] + 1, checkpoint["wandb_run_id"]
-        log.info("resuming from %s after epoch %d", output_dir / CHECKPOINT_NAME, checkpoint["epoch"])
 
-    num_parameters = count_parameters(model)
-    log.info("%s on %s: %d parameters, %d steps per epoch, device %s, %d process(es)", cfg.pos.name,
-             cfg.dataset.name, num_parameters, steps_per_epoch, device, processes.world_size)
-    with open_wandb_run(cfg, output_dir, run_id, enabled=processes.is_main) as run:
-        run.summary["num_parameters"] = num_parameters
-        step = (start_epoch - 1) * steps_per_epoch
-        for epoch in range(start_epoch, cfg.trainer.epochs + 1):
-            forward_model.train()
-            train_batches.generator = epoch_generator(cfg.seed, epoch)
-            progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}",
-                            disable=not (processes.is_main and sys.stderr.isatty()), leave=False)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen, data_seconds = torch.zeros((), device=device, dtype=torch.long), 0.0
-            epoch_start = time.perf_counter()
-            batch_iterator = iter(train_batches)
-            while True:
-                data_start = time.perf_counter()
-                batch = next(batch_iterator, None)
-                data_seconds += time.perf_counter() - data_start
-                if batch is None:
-                    break
-                images, labels = batch
-                with autocast:
-                    logits = forward_model(images)
-                loss = F.cross_entropy(logits.float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.trainer.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                loss_sum += loss.detach() * labels.numel()
-                correct += (logits.detach().argmax(1) == labels).sum()
-                seen += labels.numel()
-                progress.update()
-                if step % cfg.logger.log_every_steps == 0:
-                    step_loss = loss.item()
-                    if not math.isfinite(step_loss):
-                        raise TrainingDiverged.at(step_loss, f"epoch {epoch}, step {step}", output_dir)
-                    run.log({"step": step, "step/train_loss": step_loss, "step/lr": scheduler.get_last_lr()[0]})
-                    progress.set_postfix(loss=f"{step_loss:.4f}")
-                    if progress.disable and step % PROGRESS_LINE_EVERY_STEPS == 0:
-                        log.info("epoch %d step %d/%d loss %.4f", epoch, step - (epoch - 1) * steps_per_epoch,
-                                 steps_per_epoch, step_loss)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            epoch_seconds = time.perf_counter() - epoch_start
-            progress.close()
-            loss_sum, correct, seen = (value.item() for value in
-                                       distributed.sum_over_processes(processes, loss_sum, correct, seen))
-            train_loss, train_acc = loss_sum / seen, correct / seen
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged.at(train_loss, f"epoch {epoch}", output_dir)
-            val_loss, val_acc, _ = evaluate(model, test_batches, autocast)
-            record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                      "val_acc": val_acc, "epoch_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
-                      "data_seconds": data_seconds, "step_ms": 1000 * epoch_seconds / steps_per_epoch}
-            history.append(record)
-            run.log({"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc, "val/loss": val_loss,
-                     "val/acc": val_acc, "time/epoch_seconds": epoch_seconds, "time/step_ms": record["step_ms"],
-                     "time/images_per_second": record["images_per_second"],
-                     "time/data_fraction": data_seconds / epoch_seconds,
-                     "memory/peak_mb": peak_memory_mb(device)})
-            log.info("[epoch %d/%d] train_loss=%.4f train_acc=%.4f val_loss=%.4f val_acc=%.4f time=%.2fs "
-                     "(data %.1f%%, %.0f images/s)", epoch, cfg.trainer.epochs, train_loss, train_acc, val_loss,
-                     val_acc, epoch_seconds, 100 * data_seconds / epoch_seconds, record["images_per_second"])
-            if processes.is_main:
-                save_checkpoint(output_dir, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
-                    "wandb_run_id": run.id})
+@dataclass
+class Resumed:
+    history: list[EpochRecord] = field(default_factory=list)
+    next_epoch: int = 1
+    wandb_run_id: str | None = None
 
-        timing_images, _ = next(iter(test_batches))
-        inference_ms = inference_ms_per_batch(model, timing_images, cfg.trainer.inference_timing_batches,
-                                              autocast, device)
-        extrapolation = {}
-        for size in cfg.dataset.extrapolation_sizes:
-            batches = batches_for(cfg, test_data, device, training=False, image_size=size,
-                                  limit_batches=cfg.trainer.limit_extrapolation_batches)
-            loss, acc, images = evaluate(model, batches, autocast)
-            extrapolation[str(size)] = {"val_loss": loss, "val_acc": acc, "images": images}
-            run.summary[f"extrapolation/{size}/val_acc"] = acc
 
-        last = history[-1]
-        results = {
-            "config": notebook_config(cfg),
-            "resolved_config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            "status": "completed", "error": None,
-            "final_train_loss": last["train_loss"], "final_train_acc": last["train_acc"],
-            "final_val_loss": last["val_loss"], "final_val_acc": last["val_acc"],
-            "best_val_acc": max(record["val_acc"] for record in history),
-            "avg_epoch_time_sec": statistics.mean(record["epoch_seconds"] for record in history),
-            "inference_time_ms_per_batch": inference_ms,
-            "num_parameters": num_parameters,
-            "data_time_fraction": sum(r["data_seconds"] for r in history) / sum(r["epoch_seconds"] for r in history),
-            "peak_memory_mb": peak_memory_mb(device),
-            "processes": processes.world_size,
-            "history": history,
-            "extrapolation": extrapolation,
-        }
-        run.summary.update({key: results[key] for key in (
-            "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc", "best_val_acc",
-            "avg_epoch_time_sec", "inference_time_ms_per_batch", "data_time_fraction", "peak_memory_mb")})
+def resume(cfg, training: Training, output_dir: Path) -> Resumed:
+    """Continues from the folder's last checkpoint, if it was written by this run's config."""
+    checkpoint = load_checkpoint(output_dir, map_location=training.device) if cfg.trainer.resume else None
+    if checkpoint is None:
+        return Resumed()
+    check_same_run(output_dir, checkpoint.get("run_identity"), run_identity(cfg))
+    training.model.load_state_dict(checkpoint["model"])
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    training.scheduler.load_state_dict(checkpoint["scheduler"])
+    restore_rng_state(checkpoint["rng"])
+    log.info("resuming from %s after epoch %d", output_dir / CHECKPOINT_NAME, checkpoint["epoch"])
+    return Resumed([EpochRecord(**record) for record in checkpoint["history"]], checkpoint["epoch"] + 1,
+                   checkpoint["wandb_run_id"])
+
+
+def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path) -> list[EpochRecord]:
+    """The epoch loop from where the folder's checkpoint left off, one checkpoint per epoch."""
+    history = list(resumed.history)
+    for epoch in range(resumed.next_epoch, cfg.trainer.epochs + 1):
+        record = train_epoch(training, cfg, epoch, run, output_dir)
+        history.append(record)
+        log_epoch(run, record, peak_memory_mb(training.device))
+        log.info("[epoch %d/%d] train_loss=%.4f train_acc=%.4f val_loss=%.4f val_acc=%.4f time=%.2fs "
+                 "(data %.1f%%, %.0f images/s)", epoch, cfg.trainer.epochs, record.train_loss, record.train_acc,
+                 record.val_loss, record.val_acc, record.epoch_seconds,
+                 100 * record.data_seconds / record.epoch_seconds, record.images_per_second)
+        if training.processes.is_main:
+            save_checkpoint(output_dir, {
+                "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+                "history": [dataclasses.asdict(item) for item in history], "wandb_run_id": run.id,
+                "run_identity": run_identity(cfg)})
+    return history
+
+
+def measure(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict) -> RunResult:
+    """After training: inference time of the folded model, resolution extrapolation, the run record."""
+    timing_images, _ = next(iter(training.test_batches))
+    return RunResult.completed(
+        RunConfigRecord.from_cfg(cfg), history, provenance={**provenance, "finished_utc": run_provenance.utc_now()},
+        resolved_config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        inference_time_ms_per_batch=inference_ms_per_batch(training.model, timing_images,
+                                                           cfg.trainer.inference_timing_batches,
+                                                           training.autocast, training.device),
+        extrapolation=extrapolation(cfg, training.model, test_data, training.autocast, training.device),
+        num_parameters=count_parameters(training.model), peak_memory_mb=peak_memory_mb(training.device))
+
+
+def parallel_jobs() -> int:
+    """How many jobs the sweep's launcher runs at once (1 for a single run or a sequential sweep)."""
+    jobs = HydraConfig.get().launcher.get("n_jobs", 1)
+    return jobs if isinstance(jobs, int) and jobs > 0 else os.cpu_count()
+
+
+def train(cfg: DictConfig, output_dir: Path) -> RunResult:
+    started = run_provenance.utc_now()
+    processes, device = start_processes(cfg)
+    output_dir = Path(distributed.main_output_dir(processes, output_dir))
+    # Only rank 0 owns the folder; the other ranks read its checkpoint and write nothing.
+    with run_folder.claimed(output_dir) if processes.is_main else nullcontext():
+        training, test_data = set_up(cfg, processes, device)
+        resumed = resume(cfg, training, output_dir)
+        provenance = run_provenance.collect(device, processes.world_size, parallel_jobs(),
+                                            list(HydraConfig.get().overrides.task), started)
+        log.info("%s on %s: %d parameters, %d steps per epoch, device %s, %d process(es), %d thread(s)",
+                 cfg.pos.name, cfg.dataset.name, count_parameters(training.model), len(training.train_batches),
+                 device, processes.world_size, provenance["threads"])
+        with open_wandb_run(cfg, output_dir, resumed.wandb_run_id, provenance, enabled=processes.is_main) as run:
+            history = fit(cfg, training, resumed, run, output_dir)
+            result = measure(cfg, training, test_data, history, provenance)
+            log_result(run, result)
         if processes.is_main:
-            write_json_atomic(output_dir / "results.json", results)
-            log.info("results in %s", output_dir / "results.json")
+            log.info("results in %s", write_result(output_dir, result))
     distributed.stop(processes)
-    return results
+    return result
 
 
 def discard_hydra_files(output_dir: Path) -> None:
@@ -294,8 +185,9 @@ def discard_hydra_files(output_dir: Path) -> None:
 
 
 def record_failure(cfg, output_dir: Path, error: BaseException) -> None:
-    write_json_atomic(output_dir / "results.json", {
-        "config": notebook_config(cfg), "status": "failed", "error": f"{type(error).__name__}: {error}"})
+    provenance = {"code": run_provenance.code_version(), "versions": run_provenance.library_versions(),
+                  "overrides": list(HydraConfig.get().overrides.task), "finished_utc": run_provenance.utc_now()}
+    write_result(output_dir, RunResult.failed(RunConfigRecord.from_cfg(cfg), error, provenance))
 
 
 register_configs()
@@ -310,7 +202,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         pick_device(cfg.trainer.device.value)
-        return train(cfg, output_dir)["best_val_acc"]
+        result = train(cfg, output_dir)
+    except RunFolderRefused as error:
+        # The folder and everything in it belong to another run: write nothing there, remove nothing.
+        if not multirun:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        log.error("job refused: %s", error)
     except (ConfigError, DatasetNotFoundError) as error:
         if not multirun:
             if owns_output_dir:
@@ -327,6 +225,11 @@ def main(cfg: DictConfig) -> float | None:
             record_failure(cfg, output_dir, error)
         if not multirun:
             raise
+    else:
+        if not multirun:
+            print(f"results in {output_dir}: final val acc {result.final_val_acc:.2%} "
+                  f"(best {result.best_val_acc:.2%})")
+        return result.best_val_acc
     return None
 
 

@@ -51,9 +51,15 @@ def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def wandb_inspect(offline_run: Path, *options: str) -> str:
+    """`wandb leet inspect --json` of one offline W&B run, through this interpreter's wandb: the tests pass
+    whether or not the venv is activated."""
+    completed = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", *options,
+                                str(offline_run)], capture_output=True, text=True, check=True)
+    return completed.stdout
+
+
 def wandb_summary(run_dir: Path) -> dict:
-    """`wandb leet inspect --summary --json` of the run folder's one offline W&B run: state, config, summary, tags."""
+    """The summary of the run folder's one offline W&B run: state, config, summary, tags."""
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
-    completed = subprocess.run(["wandb", "leet", "inspect", "--summary", "--json", str(offline_run)],
-                               capture_output=True, text=True, check=True)
-    return json.loads(completed.stdout)
+    return json.loads(wandb_inspect(offline_run, "--summary"))

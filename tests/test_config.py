@@ -72,6 +72,10 @@ def test_hydra_refuses_bad_types_keys_and_options(override, error):
     (["trainer.batch_size=0"], "trainer.batch_size=0"),
     (["pos=reflection", "pos.options.k=0"], "k=0"),
     (["trainer.limit_extrapolation_batches=0"], "trainer.limit_extrapolation_batches=0"),
+    # Encoding options are typed by their constructors' annotations.
+    (["pos.options.rope_base=abc"], "rope_base='abc'"),
+    (["pos=reflection", "pos.options.k=2.5"], "k=2.5"),
+    (["pos=reflection", "pos.options.k=true"], "k=True"),
 ])
 def test_out_of_range_values_are_refused_with_one_line(overrides, named):
     cfg = compose_config(*overrides)
@@ -81,12 +85,14 @@ def test_out_of_range_values_are_refused_with_one_line(overrides, named):
     assert named in message and "\n" not in message
 
 
-def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("override,named", [("model.emb_dim=130", "emb_dim=130"),
+                                             ("pos.options.rope_base=abc", "rope_base='abc'")])
+def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path, override, named):
     run_dir = tmp_path / "run"
     completed = subprocess.run(
-        [sys.executable, "-m", "rpe_bench.train", "model.emb_dim=130", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "rpe_bench.train", override, f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert completed.returncode == 2
-    assert "emb_dim=130" in completed.stderr
+    assert named in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
     assert not run_dir.exists()
     assert not (tmp_path / "outputs").exists()

@@ -5,7 +5,7 @@ import pytest
 
 from rpe_bench import train as train_module
 from tests.helpers import CONF_DIR, read_results
-from tests.test_data import cifar_without_md5, no_network, write_cifar10, write_mnist  # noqa: F401 (fixtures)
+from tests.dataset_files import write_cifar10, write_mnist
 
 WRITERS = {"mnist": write_mnist, "cifar10": write_cifar10}
 SHRINK = ["model.depth=1", "trainer.epochs=1", "trainer.batch_size=4", "trainer.limit_train_batches=2",

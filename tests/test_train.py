@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rpe_bench import train as train_module
+from rpe_bench.loop import TrainingDiverged
 from rpe_bench.checkpoint import CHECKPOINT_NAME
 from tests.helpers import (PROJECT, TINY_RUN, own_wandb_environment, read_results, run_command, run_training,
                            wandb_summary)
@@ -120,7 +121,7 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(mon
         return model
 
     monkeypatch.setattr(train_module, "build_model", diverging_model)
-    with pytest.raises(train_module.TrainingDiverged, match="loss is nan"):
+    with pytest.raises(TrainingDiverged, match="loss is nan"):
         run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2", "logger.log_every_steps=1")
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
     assert read_results(tmp_path)["status"] == "failed"

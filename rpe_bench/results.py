@@ -1,0 +1,178 @@
+"""The run record: what training writes to `results.json` and W&B, and what the comparison reads back.
+
+One name per quantity everywhere: the field names below are the keys of `results.json` (the reference notebook's
+format, extended), of the W&B history and summary, and of the comparison report's columns. Files written before
+`schema_version` existed (schema 1, the results published under docs/results/) are upgraded on reading.
+"""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from rpe_bench.files import atomic_write
+
+SCHEMA_VERSION = 2
+RESULTS_FILE = "results.json"
+COMPLETED, FAILED = "completed", "failed"
+
+
+@dataclass
+class RunConfigRecord:
+    """The reference notebook's flat `config`, plus the choices it made silently (coordinates)."""
+    dataset: str
+    pos_variant: str
+    img_size: int
+    patch_size: int
+    in_chans: int
+    num_classes: int
+    emb_dim: int
+    depth: int
+    n_heads: int
+    batch_size: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    f_sparse: Optional[float]  # the sparsity fraction for cayley_sparse, None for every other encoding
+    seed: int
+    coordinates: str = "grid"
+    dataset_display_name: Optional[str] = None
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "RunConfigRecord":
+        return cls(
+            dataset=cfg.dataset.name, pos_variant=cfg.pos.name, img_size=cfg.dataset.image_size,
+            patch_size=cfg.model.patch_size, in_chans=cfg.dataset.channels, num_classes=cfg.dataset.num_classes,
+            emb_dim=cfg.model.emb_dim, depth=cfg.model.depth, n_heads=cfg.model.num_heads,
+            batch_size=cfg.trainer.batch_size, epochs=cfg.trainer.epochs, lr=cfg.trainer.lr,
+            weight_decay=cfg.trainer.weight_decay, f_sparse=cfg.sparsity.f if "f" in cfg.pos.options else None,
+            seed=cfg.seed, coordinates=str(_enum_value(cfg.pos.get("coordinates", "grid"))),
+            dataset_display_name=cfg.dataset.get("display_name"))
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    epoch_seconds: float
+    images_per_second: float
+    data_seconds: float
+    step_ms: float
+
+
+@dataclass
+class ExtrapolationRecord:
+    val_loss: float
+    val_acc: float
+    images: int
+
+
+@dataclass
+class RunResult:
+    config: RunConfigRecord
+    status: str = COMPLETED
+    error: Optional[str] = None
+    provenance: Optional[Dict[str, Any]] = None
+    resolved_config: Optional[Dict[str, Any]] = None
+    final_train_loss: Optional[float] = None
+    final_train_acc: Optional[float] = None
+    final_val_loss: Optional[float] = None
+    final_val_acc: Optional[float] = None
+    best_val_acc: Optional[float] = None
+    avg_epoch_time_sec: Optional[float] = None
+    inference_time_ms_per_batch: Optional[float] = None
+    num_parameters: Optional[int] = None
+    data_time_fraction: Optional[float] = None
+    peak_memory_mb: Optional[float] = None
+    history: List[EpochRecord] = field(default_factory=list)
+    extrapolation: Dict[str, ExtrapolationRecord] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def completed(cls, config: RunConfigRecord, history: List[EpochRecord], **measurements) -> "RunResult":
+        """The summary fields follow from the history; `measurements` are the ones measured after training."""
+        last = history[-1]
+        return cls(
+            config=config, history=history, final_train_loss=last.train_loss, final_train_acc=last.train_acc,
+            final_val_loss=last.val_loss, final_val_acc=last.val_acc,
+            best_val_acc=max(record.val_acc for record in history),
+            avg_epoch_time_sec=sum(record.epoch_seconds for record in history) / len(history),
+            data_time_fraction=(sum(record.data_seconds for record in history)
+                                / sum(record.epoch_seconds for record in history)),
+            **measurements)
+
+    @classmethod
+    def failed(cls, config: RunConfigRecord, error: BaseException, provenance=None) -> "RunResult":
+        return cls(config=config, status=FAILED, error=f"{type(error).__name__}: {error}", provenance=provenance)
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status == COMPLETED
+
+    def summary(self) -> Dict[str, Any]:
+        """The W&B summary: the scalar fields under their results.json names."""
+        return {name: getattr(self, name) for name in SUMMARY_FIELDS if getattr(self, name) is not None}
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: Dict[str, Any]) -> "RunResult":
+        payload = _upgrade(payload)
+        known = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{
+            **{key: value for key, value in payload.items() if key in known},
+            "config": _record(RunConfigRecord, payload["config"]),
+            "history": [_record(EpochRecord, record) for record in payload.get("history", [])],
+            "extrapolation": {size: _record(ExtrapolationRecord, record)
+                              for size, record in payload.get("extrapolation", {}).items()},
+        })
+
+
+SUMMARY_FIELDS = ("final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc", "best_val_acc",
+                  "avg_epoch_time_sec", "inference_time_ms_per_batch", "num_parameters", "data_time_fraction",
+                  "peak_memory_mb")
+EPOCH_FIELDS = tuple(item.name for item in dataclasses.fields(EpochRecord))
+
+
+def extrapolation_metric(size: str) -> str:
+    """The W&B summary key of the accuracy at one extrapolation size: results.json's path to it."""
+    return f"extrapolation/{size}/val_acc"
+
+
+def _enum_value(value):
+    return getattr(value, "value", value)
+
+
+def _record(record_type, payload: Dict[str, Any]):
+    known = {item.name for item in dataclasses.fields(record_type)}
+    return record_type(**{key: value for key, value in payload.items() if key in known})
+
+
+def _upgrade(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """Schema 1 (no schema_version) had the world size at the top level as `processes` and no provenance."""
+    if payload.get("schema_version", 1) >= SCHEMA_VERSION:
+        return payload
+    payload = dict(payload)
+    processes = payload.pop("processes", None)
+    payload["provenance"] = None if processes is None else {"world_size": processes, "recorded": False}
+    payload["schema_version"] = SCHEMA_VERSION
+    return payload
+
+
+def write_result(folder: Path, result: RunResult) -> Path:
+    path = Path(folder) / RESULTS_FILE
+    with atomic_write(path) as temp:
+        temp.write_text(json.dumps(result.to_json(), indent=2))
+    return path
+
+
+def read_result(path: Path) -> RunResult:
+    """An unreadable or malformed file is read as a failed run rather than losing the whole report."""
+    try:
+        return RunResult.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return RunResult(config=None, status=FAILED, error=f"unreadable {RESULTS_FILE}: {error}")
