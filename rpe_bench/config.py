@@ -8,9 +8,9 @@ from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, OmegaConf
 
-from rpe_bench import pos
+from rpe_bench import launching, pos
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,12 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Coordinates(str, Enum):
+    """Where the rotary encodings place the patches (rpe_bench.coordinates.patch_coordinates)."""
+    grid = "grid"  # integer patch indices: a larger image puts patches beyond the trained range
+    normalized = "normalized"  # the training grid's span: a larger image gets finer spacing inside it
+
+
 class WandbMode(str, Enum):
     auto = "auto"  # online when an API key is configured, else offline
     online = "online"
@@ -48,7 +54,9 @@ class AugmentConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    name: str = MISSING  # the loader (rpe_bench.data); image_folder reads any folder of images
+    # What the data is, for reports and plots ("CIFAR-10 (JPEG copy)"); the loader's name unless set.
+    display_name: str = II(".name")
     root: str = "${oc.env:RPE_BENCH_DATA,./data}"
     download: bool = True
     image_size: int = MISSING
@@ -73,12 +81,24 @@ class ModelConfig:
 
 
 @dataclass
+class CoordinateAugmentationConfig:
+    """DINOv3's train-time coordinate augmentation, with its values and meaning (the training image spans [-1, 1]
+    on each axis): a uniform shift in [-shift, shift] per axis, then log-uniform scale factors in
+    [1/jitter, jitter] per axis and in [1/rescale, rescale] for both. null: off."""
+    shift: Optional[float] = None
+    jitter: Optional[float] = None
+    rescale: Optional[float] = None
+
+
+@dataclass
 class PosConfig:
     name: str = MISSING
     # APE: a learned table added to the patch tokens, on top of whatever the attention does.
     absolute_table: bool = False
     # Passed to rpe_bench.pos.build; each encoding refuses options it does not know.
     options: Dict[str, Any] = field(default_factory=dict)
+    coordinates: Coordinates = Coordinates.grid
+    coordinate_augmentation: CoordinateAugmentationConfig = field(default_factory=CoordinateAugmentationConfig)
 
 
 @dataclass
@@ -97,7 +117,8 @@ class TrainerConfig:
     grad_clip: Optional[float] = None
     device: Device = Device.auto
     precision: Precision = Precision.fp32
-    threads: Optional[int] = None
+    # null: torch's default (every core); in a parallel sweep, the cores shared among the jobs running at once.
+    threads: Optional[int] = II("rpe_bench.threads_per_job:")
     compile: bool = False
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
@@ -130,6 +151,9 @@ class RunConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    # Defaults of hydra/launcher=parallel (n_jobs) and of trainer.threads, resolved on the machine that runs.
+    OmegaConf.register_new_resolver("rpe_bench.usable_cores", launching.usable_cores, replace=True)
+    OmegaConf.register_new_resolver("rpe_bench.threads_per_job", launching.threads_per_job, replace=True)
 
 
 def validate(cfg) -> None:
@@ -167,6 +191,12 @@ def validate(cfg) -> None:
         value = trainer[key]
         if value is not None and value < 1:
             refuse(f"trainer.{key}={value} must be >= 1 or null")
+    augmentation = cfg.pos.coordinate_augmentation
+    for key, smallest in (("shift", 0.0), ("jitter", 1.0), ("rescale", 1.0)):
+        value = augmentation[key]
+        if value is not None and value < smallest:
+            refuse(f"pos.coordinate_augmentation.{key}={value} is out of range: allowed >= {smallest:g}, "
+                   f"or null (off)")
     for size in dataset.extrapolation_sizes:
         if size % model.patch_size:
             refuse(f"dataset.extrapolation_sizes holds {size}, not a multiple of patch size {model.patch_size}")

@@ -1,12 +1,15 @@
 """A small pre-norm Vision Transformer whose attention hands q and k to a position-encoding module."""
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rpe_bench import pos as position_encodings
+from rpe_bench.config import Coordinates
+from rpe_bench.coordinates import CoordinateAugmentation, patch_coordinates
 from rpe_bench.pos.base import PositionEncoding
 
 
@@ -23,27 +26,39 @@ class VitShape:
     dropout: float = 0.0
 
 
-def patch_coordinates(grid_height: int, grid_width: int, device=None) -> torch.Tensor:
-    """(1 + H*W, 2) float (x, y) positions: the CLS token first, at the origin, where every rotation is the
-    identity (RoPE-ViT leaves CLS unrotated), then the patches in row-major order."""
-    ys, xs = torch.meshgrid(torch.arange(grid_height, device=device, dtype=torch.float32),
-                            torch.arange(grid_width, device=device, dtype=torch.float32), indexing="ij")
-    patches = torch.stack([xs.flatten(), ys.flatten()], dim=1)
-    return torch.cat([patches.new_zeros(1, 2), patches])
+ABSOLUTE_TABLE_LAYER = -1  # the APE table feeds the first block: its draws get a stream of their own
+COORDINATE_AUGMENTATION_LAYER = -2  # the coordinate augmentation's draws, one per training step: their own stream
+
+
+def encoding_generator(seed: Optional[int], layer: int) -> Optional[torch.Generator]:
+    """The generator of one layer's encoding-specific draws (a sparse mask, reflection vectors, mixed angles; the
+    APE table at ABSOLUTE_TABLE_LAYER). Common random numbers: a stream of their own, derived from (seed, layer)
+    alone, never shifts the global RNG that draws the weights every encoding shares, so at one seed all
+    encodings start from the same shared weights and their per-seed differences pair. None without a seed: the
+    draws then come from the global RNG and shift the shared weights."""
+    if seed is None:
+        return None
+    # SeedSequence hashes the pair, so neighbouring seeds and layers get unrelated streams. It takes non-negative
+    # words: a negative number enters as its 64-bit two's complement, as torch.manual_seed takes negative seeds.
+    words = [value % 2**64 for value in (seed, layer)]
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]))
 
 
 def fold_basis(weight: torch.Tensor, bias: torch.Tensor, basis: torch.Tensor):
     """W_q' = blockdiag_h(P_h) W_q and the same for W_k (bias too), in a fused qkv projection.
 
     STRING applies P to q and k before the rotation; folding it into the projection keeps the per-token cost
-    equal to RoPE's, and gradients still reach P's parameters through this product."""
+    equal to RoPE's, and gradients still reach P's parameters through this product. The product runs in the
+    weights' precision with autocast off: under bf16 autocast it would leave the effective P about 5e-3 from
+    orthogonal; the projection that follows casts the folded weights to bf16 once."""
     heads, head_dim, _ = basis.shape
     emb_dim = weight.shape[1]
     qk_weight = weight[: 2 * emb_dim].view(2, heads, head_dim, emb_dim)
     qk_bias = bias[: 2 * emb_dim].view(2, heads, head_dim)
     basis = basis.to(weight.dtype)
-    folded_weight = torch.einsum("hij,shjc->shic", basis, qk_weight).reshape(2 * emb_dim, emb_dim)
-    folded_bias = torch.einsum("hij,shj->shi", basis, qk_bias).reshape(2 * emb_dim)
+    with torch.autocast(weight.device.type, enabled=False):
+        folded_weight = torch.einsum("hij,shjc->shic", basis, qk_weight).reshape(2 * emb_dim, emb_dim)
+        folded_bias = torch.einsum("hij,shj->shi", basis, qk_bias).reshape(2 * emb_dim)
     return torch.cat([folded_weight, weight[2 * emb_dim:]]), torch.cat([folded_bias, bias[2 * emb_dim:]])
 
 
@@ -84,11 +99,18 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """`seed` is the run's seed, from which each layer's encoding-specific draws are derived (encoding_generator);
+    the caller seeds the global RNG, which draws the shared weights."""
+
     def __init__(self, shape: VitShape, position_name: str, position_options: Dict[str, Any] | None = None,
-                 absolute_table: bool = False):
+                 absolute_table: bool = False, seed: Optional[int] = None,
+                 coordinates: Coordinates = Coordinates.grid,
+                 coordinate_augmentation: Optional[CoordinateAugmentation] = None):
         super().__init__()
         self.shape = shape
         self.grid_size = shape.image_size // shape.patch_size
+        self.coordinates = Coordinates(coordinates)
+        self.coordinate_augmentation = coordinate_augmentation
         head_dim = shape.emb_dim // shape.num_heads
         self.patch_embedding = nn.Conv2d(shape.channels, shape.emb_dim, shape.patch_size, shape.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, shape.emb_dim))
@@ -96,18 +118,19 @@ class VisionTransformer(nn.Module):
                                if absolute_table else None)
         self.blocks = nn.ModuleList(
             Block(shape, position_encodings.build(position_name, head_dim=head_dim, num_heads=shape.num_heads,
+                                                  generator=encoding_generator(seed, layer),
                                                   **(position_options or {})))
-            for _ in range(shape.depth))
+            for layer in range(shape.depth))
         self.norm = nn.LayerNorm(shape.emb_dim)
         self.head = nn.Linear(shape.emb_dim, shape.num_classes)
-        self._init_weights()
+        self._init_weights(encoding_generator(seed, ABSOLUTE_TABLE_LAYER))
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, table_generator: Optional[torch.Generator]) -> None:
         """PyTorch's default init for the projections: timm's std-0.02 init suits long schedules, but in the
         reference notebook's two-epoch runs it trains visibly slower (MNIST val acc 0.944 against 0.95+)."""
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.absolute_table is not None:
-            nn.init.trunc_normal_(self.absolute_table, std=0.02)
+            nn.init.trunc_normal_(self.absolute_table, std=0.02, generator=table_generator)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
@@ -121,6 +144,15 @@ class VisionTransformer(nn.Module):
         grid = F.interpolate(grid, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
         return grid.flatten(2).transpose(1, 2)
 
+    def token_coordinates(self, grid_height: int, grid_width: int, device) -> torch.Tensor:
+        """CLS and patch positions for the encodings under `pos.coordinates` (rpe_bench.coordinates), relative to
+        the training grid; augmented in training mode only."""
+        training_grid = self.grid_size if self.coordinates is Coordinates.normalized else None
+        coords = patch_coordinates(grid_height, grid_width, training_grid, device=device)
+        if self.training and self.coordinate_augmentation is not None:
+            coords = self.coordinate_augmentation(coords, self.grid_size)
+        return coords
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(images)
         grid_height, grid_width = patches.shape[-2:]
@@ -128,7 +160,7 @@ class VisionTransformer(nn.Module):
         if self.absolute_table is not None:
             x = x + self.absolute_positions(grid_height, grid_width)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        coords = patch_coordinates(grid_height, grid_width, device=images.device)
+        coords = self.token_coordinates(grid_height, grid_width, images.device)
         for block in self.blocks:
             x = block(x, coords)
         return self.norm(x[:, 0])
@@ -178,4 +210,11 @@ def build_model(cfg) -> VisionTransformer:
                      channels=cfg.dataset.channels, num_classes=cfg.dataset.num_classes,
                      emb_dim=cfg.model.emb_dim, depth=cfg.model.depth, num_heads=cfg.model.num_heads,
                      mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout)
-    return VisionTransformer(shape, cfg.pos.name, dict(cfg.pos.options), absolute_table=cfg.pos.absolute_table)
+    augmentation = cfg.pos.coordinate_augmentation
+    coordinate_augmentation = (
+        CoordinateAugmentation(augmentation.shift, augmentation.jitter, augmentation.rescale,
+                               generator=encoding_generator(cfg.seed, COORDINATE_AUGMENTATION_LAYER))
+        if any(value is not None for value in augmentation.values()) else None)
+    return VisionTransformer(shape, cfg.pos.name, dict(cfg.pos.options), absolute_table=cfg.pos.absolute_table,
+                             seed=cfg.seed, coordinates=cfg.pos.coordinates,
+                             coordinate_augmentation=coordinate_augmentation)

@@ -1,6 +1,5 @@
 """Which code, libraries and hardware produced a run: recorded in every results.json and W&B config, so a
 published number can be tied to a commit and runs made on different machines are not silently compared."""
-import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -9,6 +8,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from rpe_bench.launching import usable_cores
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("torch", "torchvision", "hydra-core", "omegaconf", "wandb", "numpy")
@@ -51,7 +52,7 @@ def cpu_model() -> str:
 
 
 def device_description(device: torch.device) -> Dict[str, Any]:
-    described = {"type": device.type, "cpu_model": cpu_model(), "cpu_cores": os.cpu_count()}
+    described = {"type": device.type, "cpu_model": cpu_model(), "cpu_cores": usable_cores()}
     if device.type == "cuda":
         described.update(name=torch.cuda.get_device_name(device), count=torch.cuda.device_count())
     else:

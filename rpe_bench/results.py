@@ -90,6 +90,8 @@ class RunResult:
     history: List[EpochRecord] = field(default_factory=list)
     extrapolation: Dict[str, ExtrapolationRecord] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # Where the record was read from; not part of the file.
+    folder: Optional[str] = field(default=None, compare=False, repr=False)
 
     @classmethod
     def completed(cls, config: RunConfigRecord, history: List[EpochRecord], **measurements) -> "RunResult":
@@ -117,7 +119,9 @@ class RunResult:
         return {name: getattr(self, name) for name in SUMMARY_FIELDS if getattr(self, name) is not None}
 
     def to_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        payload = dataclasses.asdict(self)
+        del payload["folder"]
+        return payload
 
     @classmethod
     def from_json(cls, payload: Dict[str, Any]) -> "RunResult":
@@ -158,7 +162,8 @@ def _upgrade(payload: Dict[str, Any]) -> Dict[str, Any]:
         return payload
     payload = dict(payload)
     processes = payload.pop("processes", None)
-    payload["provenance"] = None if processes is None else {"world_size": processes, "recorded": False}
+    if "provenance" not in payload:
+        payload["provenance"] = None if processes is None else {"world_size": processes}
     payload["schema_version"] = SCHEMA_VERSION
     return payload
 
@@ -172,7 +177,10 @@ def write_result(folder: Path, result: RunResult) -> Path:
 
 def read_result(path: Path) -> RunResult:
     """An unreadable or malformed file is read as a failed run rather than losing the whole report."""
+    path = Path(path)
     try:
-        return RunResult.from_json(json.loads(Path(path).read_text()))
+        result = RunResult.from_json(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as error:
-        return RunResult(config=None, status=FAILED, error=f"unreadable {RESULTS_FILE}: {error}")
+        result = RunResult(config=None, status=FAILED, error=f"unreadable {RESULTS_FILE}: {error}")
+    result.folder = str(path.parent)
+    return result

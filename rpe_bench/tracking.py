@@ -28,13 +28,18 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def sweep_group(sweep_dir) -> str:
+    """The W&B group of a sweep's runs, from its folder's last two parts (multirun/<date>/<time>)."""
+    return f"sweep-{'_'.join(Path(sweep_dir).parts[-2:])}"
+
+
 def run_identity(cfg) -> dict:
     """Group, name and tags: a multirun's jobs share the sweep's group; a single run is its own group."""
     hydra_cfg = HydraConfig.get()
     overrides = [item for item in hydra_cfg.overrides.task if not item.startswith("hydra")]
     name = ",".join(overrides) or "defaults"
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        group = f"sweep-{'_'.join(Path(hydra_cfg.sweep.dir).parts[-2:])}"
+        group = sweep_group(hydra_cfg.sweep.dir)
         name = f"{hydra_cfg.job.num}:{name}"
     else:
         group = f"run-{'_'.join(Path(hydra_cfg.runtime.output_dir).parts[-2:])}"

@@ -2,7 +2,6 @@
 processes -> set-up -> resume -> fit (rpe_bench.loop) -> measure (rpe_bench.measure) -> the run record."""
 import dataclasses
 import logging
-import os
 import random
 import sys
 from contextlib import nullcontext
@@ -143,8 +142,8 @@ def measure(cfg, training: Training, test_data, history: list[EpochRecord], prov
 
 def parallel_jobs() -> int:
     """How many jobs the sweep's launcher runs at once (1 for a single run or a sequential sweep)."""
-    jobs = HydraConfig.get().launcher.get("n_jobs", 1)
-    return jobs if isinstance(jobs, int) and jobs > 0 else os.cpu_count()
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.launcher.get("n_jobs", 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
 
 
 def train(cfg: DictConfig, output_dir: Path) -> RunResult:

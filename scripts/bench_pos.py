@@ -2,11 +2,12 @@
 
 Every variant is timed in the same process, interleaved round by round with RoPE, on the reference notebook's
 two model shapes at batch 128, so machine noise hits all variants alike. Also compares our RoPE ViT with
-timm's EVA ViT with rotary embeddings at the same widths, and times RoPE, Cayley- and Reflection-STRING under bf16
-autocast too (ratios to fp32 RoPE and to RoPE in bf16).
+timm's EVA ViT with rotary embeddings at the same widths, and times RoPE, Cayley- and Reflection-STRING and LieRE
+under bf16 autocast too (ratios to fp32 RoPE and to RoPE in bf16).
 
     python scripts/bench_pos.py --output docs/bench_pos            # writes .json and .md
     python scripts/bench_pos.py --device cuda --output /tmp/bench_gpu
+    python scripts/bench_pos.py --rounds 1 --steps 1 --no-timm --output /tmp/bench_smoke   # runs, times nothing
 """
 import argparse
 import copy
@@ -40,9 +41,12 @@ VARIANTS = [
     ("cayley_sparse f=0.1", "cayley_sparse", {"f": 0.1}, False),
     ("reflection k=d", "reflection", {}, False),
     ("circulant", "circulant", {}, False),
+    ("liere b=8", "liere", {}, False),
+    ("comrope_ap b=8", "comrope_ap", {}, False),
+    ("comrope_ld b=8", "comrope_ld", {}, False),
 ]
 # Variants also timed under bf16 autocast, the precision of the long CIFAR-10 runs; compared with RoPE in bf16.
-BF16_VARIANTS = ["rope", "cayley_dense", "reflection"]
+BF16_VARIANTS = ["rope", "cayley_dense", "reflection", "liere"]
 
 
 def perturb_position_parameters(model: torch.nn.Module) -> None:
@@ -143,12 +147,13 @@ def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, w
 
 
 def markdown(results: dict, meta: dict) -> str:
-    lines = [f"# Position-encoding benchmark", "",
+    lines = ["# Position-encoding benchmark", "",
              f"{meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; batch {meta['batch_size']}; "
              f"median over {meta['rounds']} interleaved rounds x {meta['steps']} steps; fp32 unless named. "
              "Train = forward + backward + AdamW step; inference = eval, `torch.inference_mode()`, STRING bases "
-             "folded into W_q/W_k. Ratios are to our fp32 RoPE model in the same process; bf16 rows also give "
-             "their ratio to RoPE under bf16.", ""]
+             "folded into W_q/W_k; LieRE and ComRoPE exponentiate their per-token rotations on every forward. "
+             "Ratios are to our fp32 RoPE model in the same process; bf16 rows also give their ratio to RoPE "
+             "under bf16.", ""]
     for shape, rows in results.items():
         lines += [f"## {shape}", "",
                   "| variant | train ms | train / RoPE | train / RoPE bf16 | inference ms | inference / RoPE "

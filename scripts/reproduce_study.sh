@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the reference study on the real data (docs/results.md): MNIST and the JPEG copy of CIFAR-10.
 #   RUNS=/path/for/run/folders DATA=/path/to/shared/data [SEEDS=1,2,3] [VARIANTS=rope,...] \
-#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all] [more Hydra overrides, e.g. trainer.threads=1]
+#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all] [Hydra overrides, e.g. hydra.launcher.n_jobs=4]
+# The jobs run side by side (hydra/launcher=parallel): as many at once as there are cores, one thread each, unless
+# hydra.launcher.n_jobs or trainer.threads say otherwise; a number of jobs that would not fit in memory is refused.
 # Run folders are named <variant>_seed<seed>, so a sweep can be split over sittings (SEEDS, VARIANTS) into the
 # same folder, interrupted and rerun with the same command: finished jobs are only re-evaluated, and unfinished
 # ones resume from their last end-of-epoch checkpoint. Each sweep's results.json files are then copied to
@@ -23,10 +25,11 @@ ALL_MNIST=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.5,cay
 ALL_CIFAR=rope,cayley_dense,reflection,cayley_sparse_f1.0,cayley_sparse_f0.3,cayley_sparse_f0.1,rope_mixed,circulant,ape
 LONG_CIFAR=rope,cayley_dense,reflection
 NAMED_RUNS='hydra.sweep.subdir=${hydra:runtime.choices.variant}_seed${seed}'
+PARALLEL=hydra/launcher=parallel
 # Extrapolation on the first 16 test batches (2,048 images, the same for every run): a quarter of the full
 # test set's cost at 64 px, where one evaluation at full size took longer than half an epoch here.
 CIFAR=(experiment=cifar10_variants dataset=image_folder "dataset.root=$CIFAR_JPEG"
-       trainer.limit_extrapolation_batches=16 logger.mode=offline "$NAMED_RUNS")
+       trainer.limit_extrapolation_batches=16 logger.mode=offline "$NAMED_RUNS" "$PARALLEL")
 
 cifar_data() {
   if [ ! -d "$CIFAR_JPEG/train" ]; then
@@ -46,7 +49,8 @@ publish() {  # publish <sweep name>: keep every run's results.json and rebuild t
 case "$SWEEP" in
   mnist|all)
     RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3}" \
-      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "hydra.sweep.dir=$RUNS/mnist" "$@" || sweep_status=$?
+      "variant=${VARIANTS:-$ALL_MNIST}" logger.mode=offline "$NAMED_RUNS" "$PARALLEL" "hydra.sweep.dir=$RUNS/mnist" \
+      "$@" || sweep_status=$?
     publish mnist ;;&
   cifar10|all)
     cifar_data

@@ -1,4 +1,5 @@
-"""The comparison report, checked against synthetic results.json files written as docs/design.md describes."""
+"""The comparison report, checked against synthetic results.json files written as docs/design.md describes, and
+against the results published under docs/results/."""
 import base64
 import csv
 import json
@@ -9,19 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from scipy import stats
 
+from rpe_bench import statistics, tracking
 from rpe_bench.compare import ComparisonReportCallback, collect_results, main, summarize, write_report
+from rpe_bench.tracking import sweep_group
+from tests.helpers import PROJECT, compose_config, wandb_inspect
 
-PLOTS = ["val_acc_per_epoch.png", "acc_vs_sparsity.png", "epoch_time.png"]
+PLOTS = ["difference_vs_rope.png", "val_acc_per_epoch.png", "acc_vs_sparsity.png", "epoch_time.png"]
 
-# (pos, f) -> final val acc per seed. cayley_dense is clearly better than rope, cayley_sparse f=0.5 identical,
-# cayley_sparse f=0.1 has a single completed seed.
+# (pos, f) -> final val acc per seed 0, 1, 2. rope's seeds differ a lot; cayley_dense is rope plus about one point
+# on every seed (a clear paired difference that Welch's test, blind to the pairing, misses); cayley_sparse f=0.5
+# equals rope on every seed; cayley_sparse f=0.1 has a single completed seed.
 VAL_ACC = {
-    ("rope", None): [0.90, 0.91, 0.92],
-    ("cayley_dense", None): [0.95, 0.96, 0.97],
-    ("cayley_sparse", 0.5): [0.90, 0.91, 0.92],
+    ("rope", None): [0.90, 0.93, 0.87],
+    ("cayley_dense", None): [0.910, 0.941, 0.881],
+    ("cayley_sparse", 0.5): [0.90, 0.93, 0.87],
     ("cayley_sparse", 0.1): [0.85],
 }
 EPOCH_SECONDS = {("rope", None): [10.0, 11.0, 12.5], ("cayley_dense", None): [14.0, 15.0, 16.5],
@@ -29,17 +34,27 @@ EPOCH_SECONDS = {("rope", None): [10.0, 11.0, 12.5], ("cayley_dense", None): [14
 PARAMETERS = {("rope", None): 100_000, ("cayley_dense", None): 100_512, ("cayley_sparse", 0.5): 100_256,
               ("cayley_sparse", 0.1): 100_064}
 FAILURE = "RuntimeError: CUDA out of memory\nTraceback continues here"
+MNIST = "MNIST"  # conf/dataset/mnist.yaml's display_name, which old files without one are read with
+PROVENANCE = {"code": {"commit": "abc123", "dirty": False, "package_version": "0.1.0"},
+              "versions": {"python": "3.11.9", "torch": "2.14.1", "torchvision": "0.29.1", "hydra-core": "1.3.2",
+                           "omegaconf": "2.3.0", "wandb": "0.31.0", "numpy": "2.4.6"},
+              "device": {"type": "cpu", "name": "x86", "count": 1, "cpu_model": "x86", "cpu_cores": 2},
+              "threads": 2, "world_size": 1, "parallel_jobs": 1, "started_utc": "2026-11-29T00:00:00+00:00",
+              "finished_utc": "2026-11-29T00:01:00+00:00", "overrides": []}
 
 
-def run_record(pos, f, seed, val_acc, epoch_seconds, parameters) -> dict:
+def run_record(pos, f, seed, val_acc, epoch_seconds=10.0, parameters=100_000, epochs=2, provenance=None,
+               **config) -> dict:
+    """A completed run's record; `config` adds to or overrides its config, `provenance` is left out when None
+    (files written before it was recorded)."""
     history = [{"epoch": epoch, "train_loss": 1.0 / epoch, "train_acc": val_acc - 0.1 / epoch,
                 "val_loss": 0.5 / epoch, "val_acc": val_acc - 0.05 / epoch, "epoch_seconds": epoch_seconds,
-                "images_per_second": 6000.0, "data_seconds": 0.1, "step_ms": 20.0} for epoch in (1, 2)]
+                "images_per_second": 6000.0, "data_seconds": 0.1, "step_ms": 20.0} for epoch in range(1, epochs + 1)]
     history[-1]["val_acc"] = val_acc
-    return {
+    record = {
         "config": {"dataset": "mnist", "pos_variant": pos, "img_size": 28, "patch_size": 7, "in_chans": 1,
-                   "num_classes": 10, "emb_dim": 128, "depth": 4, "n_heads": 4, "batch_size": 128, "epochs": 2,
-                   "lr": 3e-4, "weight_decay": 0.01, "f_sparse": f, "seed": seed},
+                   "num_classes": 10, "emb_dim": 128, "depth": 4, "n_heads": 4, "batch_size": 128,
+                   "epochs": epochs, "lr": 3e-4, "weight_decay": 0.01, "f_sparse": f, "seed": seed, **config},
         "resolved_config": {"seed": seed},
         "status": "completed", "error": None,
         "final_train_loss": 0.5, "final_train_acc": val_acc - 0.05, "final_val_loss": 0.25,
@@ -47,22 +62,24 @@ def run_record(pos, f, seed, val_acc, epoch_seconds, parameters) -> dict:
         "avg_epoch_time_sec": epoch_seconds, "inference_time_ms_per_batch": epoch_seconds / 5,
         "num_parameters": parameters, "data_time_fraction": 0.01, "history": history,
         # Sizes chosen so that sorting them as text ("16" < "8") would be wrong.
-        "extrapolation": {"8": {"val_loss": 2.0, "val_acc": val_acc - 0.3 - 0.02 * seed},
-                          "16": {"val_loss": 1.0, "val_acc": val_acc - 0.1 + 0.01 * seed}},
+        "extrapolation": {"8": {"val_loss": 2.0, "val_acc": val_acc - 0.3 - 0.02 * seed, "images": 100},
+                          "16": {"val_loss": 1.0, "val_acc": val_acc - 0.1 + 0.01 * seed, "images": 100}},
     }
+    return record if provenance is None else {**record, "provenance": provenance}
 
 
-def write_sweep(folder: Path, variants: dict) -> Path:
-    """A Hydra-like sweep folder: one numbered job folder per (variant, seed)."""
-    job = 0
-    for (pos, f), accuracies in variants.items():
-        for seed, val_acc in enumerate(accuracies):
-            run_dir = folder / str(job)
-            run_dir.mkdir(parents=True)
-            record = run_record(pos, f, seed, val_acc, EPOCH_SECONDS[pos, f][seed], PARAMETERS[pos, f])
-            (run_dir / "results.json").write_text(json.dumps(record))
-            job += 1
+def write_runs(folder: Path, records: list[dict]) -> Path:
+    """A Hydra-like sweep folder: one numbered job folder per record."""
+    for job, record in enumerate(records):
+        (folder / str(job)).mkdir(parents=True)
+        (folder / str(job) / "results.json").write_text(json.dumps(record))
     return folder
+
+
+def write_sweep(folder: Path, variants: dict, first_seed: int = 0, **config) -> Path:
+    return write_runs(folder, [
+        run_record(pos, f, first_seed + index, val_acc, EPOCH_SECONDS[pos, f][index], PARAMETERS[pos, f], **config)
+        for (pos, f), accuracies in variants.items() for index, val_acc in enumerate(accuracies)])
 
 
 @pytest.fixture
@@ -70,79 +87,202 @@ def sweep(tmp_path) -> Path:
     folder = write_sweep(tmp_path / "sweep", VAL_ACC)
     failed = folder / "failed_job"
     failed.mkdir()
-    config = run_record("cayley_sparse", 0.1, 1, 0.0, 1.0, 1)["config"]
+    config = run_record("cayley_sparse", 0.1, 1, 0.0)["config"]
     (failed / "results.json").write_text(json.dumps({"config": config, "status": "failed", "error": FAILURE}))
     return folder
 
 
 @pytest.fixture
 def report(sweep) -> Path:
-    return write_report([sweep], sweep)
+    return write_report([sweep], sweep).page
 
 
 def row_for(rows, pos, f=None) -> dict:
-    (row,) = [row for row in rows if (row["pos"], row["f"]) == (pos, f)]
+    (row,) = [row for row in rows if (row["pos_variant"], row["f_sparse"]) == (pos, f)]
     return row
 
 
-def test_table_numbers_match_the_files(sweep):
+def table_lines(markdown: str, section: str) -> dict[str, str]:
+    """The rows of one section's table by their first cells after the dataset ("cayley_dense | -")."""
+    text = markdown.split(f"## {section}")[1].split("\n## ")[0]
+    prefix = f"| {MNIST} | "
+    return {" | ".join(line[len(prefix):].split(" | ")[:2]): line for line in text.splitlines()
+            if line.startswith(prefix)}
+
+
+# ---- numbers -------------------------------------------------------------------------------------------------
+
+def test_accuracy_and_cost_match_the_files(sweep):
     rows = summarize(collect_results([sweep]))
-    assert [(row["pos"], row["f"]) for row in rows][0] == ("rope", None)
-    assert {(row["pos"], row["f"]) for row in rows} == set(VAL_ACC)
+    assert [(row["pos_variant"], row["f_sparse"]) for row in rows][0] == ("rope", None)
+    assert {(row["pos_variant"], row["f_sparse"]) for row in rows} == set(VAL_ACC)
     rope_seconds = np.mean(EPOCH_SECONDS["rope", None])
     for (pos, f), accuracies in VAL_ACC.items():
         row, values = row_for(rows, pos, f), np.array(accuracies)
-        assert row["dataset"] == "mnist" and row["seeds"] == len(values)
-        assert row["val_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
+        assert row["dataset"] == "mnist" and row["dataset_display_name"] == MNIST and row["seeds"] == len(values)
+        assert row["final_val_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
         assert row["best_val_acc_mean"] == pytest.approx(np.mean(values + 0.001 * np.arange(len(values))))
-        assert row["epoch_seconds_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]))
-        assert row["inference_ms_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / 5)
-        assert row["parameters"] == PARAMETERS[pos, f]
-        assert row["epoch_seconds_vs_rope"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / rope_seconds)
-        assert row["inference_ms_vs_rope"] == pytest.approx(row["epoch_seconds_vs_rope"])
-        assert row["val_acc_diff_vs_rope"] == pytest.approx(values.mean() - np.mean(VAL_ACC["rope", None]))
+        assert row["avg_epoch_time_sec_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]))
+        assert row["inference_time_ms_per_batch_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / 5)
+        assert row["num_parameters"] == PARAMETERS[pos, f]
+        assert row["avg_epoch_time_sec_vs_rope"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / rope_seconds)
+        assert row["inference_time_ms_per_batch_vs_rope"] == pytest.approx(row["avg_epoch_time_sec_vs_rope"])
         if len(values) == 1:
-            assert row["val_acc_std"] is None and row["val_acc_ci95_low"] is None
-            assert row["epoch_seconds_std"] is None and row["extrapolation_8_val_acc_std"] is None
+            assert row["final_val_acc_std"] is None and row["final_val_acc_ci95_low"] is None
+            assert row["avg_epoch_time_sec_std"] is None and row["extrapolation_8_val_acc_std"] is None
             continue
         low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
-        assert row["val_acc_std"] == pytest.approx(values.std(ddof=1))
-        assert (row["val_acc_ci95_low"], row["val_acc_ci95_high"]) == (pytest.approx(low), pytest.approx(high))
-        assert row["epoch_seconds_std"] == pytest.approx(np.std(EPOCH_SECONDS[pos, f], ddof=1))
+        assert row["final_val_acc_std"] == pytest.approx(values.std(ddof=1))
+        assert (row["final_val_acc_ci95_low"], row["final_val_acc_ci95_high"]) == (pytest.approx(low),
+                                                                                   pytest.approx(high))
+        assert row["avg_epoch_time_sec_std"] == pytest.approx(np.std(EPOCH_SECONDS[pos, f], ddof=1))
         seeds = np.arange(len(values))
         assert row["extrapolation_8_val_acc_mean"] == pytest.approx(np.mean(values - 0.3 - 0.02 * seeds))
         assert row["extrapolation_16_val_acc_std"] == pytest.approx(np.std(values - 0.1 + 0.01 * seeds, ddof=1))
 
 
-def test_p_value_is_welchs_t_test_from_scipy(sweep):
+def test_shared_seeds_give_a_paired_t_test_with_scipys_numbers(sweep):
+    row = row_for(summarize(collect_results([sweep])), "cayley_dense")
+    variant, rope = VAL_ACC["cayley_dense", None], VAL_ACC["rope", None]
+    paired, welch = stats.ttest_rel(variant, rope), stats.ttest_ind(variant, rope, equal_var=False)
+    assert row["test"] == "paired t" and row["test_runs"] == "3 pairs"
+    assert row["final_val_acc_diff_per_seed"] == {seed: pytest.approx(variant[seed] - rope[seed]) for seed in range(3)}
+    assert row["final_val_acc_diff"] == pytest.approx(np.mean(variant) - np.mean(rope))
+    assert row["p_value"] == pytest.approx(paired.pvalue, rel=1e-9)
+    low, high = paired.confidence_interval(0.95)
+    assert (row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"]) == (pytest.approx(low),
+                                                                                         pytest.approx(high))
+    low, high = welch.confidence_interval(0.95)
+    assert (row["final_val_acc_diff_unpaired_ci95_low"],
+            row["final_val_acc_diff_unpaired_ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+    # The pairing is what finds it: the per-seed differences barely vary, the seeds themselves a lot.
+    assert paired.pvalue < 0.01 < 0.5 < welch.pvalue
+    assert row["final_val_acc_diff_min_detectable"] < 0.01 < row["final_val_acc_diff_unpaired_min_detectable"]
+
+
+def test_unmatched_seeds_fall_back_to_welch(tmp_path):
+    folder = write_sweep(tmp_path / "rope", {("rope", None): VAL_ACC["rope", None]})
+    write_sweep(tmp_path / "dense", {("cayley_dense", None): VAL_ACC["cayley_dense", None]}, first_seed=10)
+    row = row_for(summarize(collect_results([folder, tmp_path / "dense"])), "cayley_dense")
+    welch = stats.ttest_ind(VAL_ACC["cayley_dense", None], VAL_ACC["rope", None], equal_var=False)
+    assert row["test"] == "Welch t" and row["test_runs"] == "3 + 3"
+    assert row["final_val_acc_diff_per_seed"] is None
+    assert row["p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert row["final_val_acc_diff_ci95_low"] == pytest.approx(welch.confidence_interval(0.95).low)
+    assert row["final_val_acc_diff_ci95_low"] == row["final_val_acc_diff_unpaired_ci95_low"]
+
+
+def test_holm_adjusts_over_every_comparison_in_the_report(sweep):
     rows = summarize(collect_results([sweep]))
-    expected = stats.ttest_ind(VAL_ACC["cayley_dense", None], VAL_ACC["rope", None], equal_var=False).pvalue
-    assert row_for(rows, "cayley_dense")["p_value_vs_rope"] == pytest.approx(expected, rel=1e-12)
-    assert expected < 0.01
+    tested = [row for row in rows if row["p_value"] is not None]
+    assert len(tested) == 2  # cayley_dense and cayley_sparse f=0.5; f=0.1 has one seed
+    ordered = sorted(tested, key=lambda row: row["p_value"])
+    assert ordered[0]["p_value_holm"] == pytest.approx(min(1.0, 2 * ordered[0]["p_value"]))
+    assert ordered[1]["p_value_holm"] == pytest.approx(max(ordered[0]["p_value_holm"], ordered[1]["p_value"]))
+    assert statistics.holm_adjusted([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert statistics.holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
-def test_significance_is_marked_in_rows_and_tables(report):
+@pytest.mark.parametrize("pairs", [3, 5])
+def test_minimum_detectable_difference_is_found_80_percent_of_the_time(pairs):
+    """Simulated paired studies whose true difference is the computed MDE reject at 0.05 in 80% of cases."""
+    spread = 0.01
+    detectable = statistics.min_detectable_difference(spread / np.sqrt(pairs), pairs - 1)
+    generator = np.random.default_rng(0)
+    deltas = generator.normal(detectable, spread, size=(40_000, pairs))
+    rejected = stats.ttest_1samp(deltas, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.8, abs=0.01)
+
+
+def test_verdicts_follow_the_numbers(report):
+    markdown = report.with_name("comparison.md").read_text()
     rows = summarize(collect_results([report.parent]))
-    assert row_for(rows, "rope")["significance"] == "reference"
-    assert row_for(rows, "cayley_dense")["significance"] == "significant"
-    assert row_for(rows, "cayley_sparse", 0.5)["p_value_vs_rope"] == pytest.approx(1.0)
-    assert row_for(rows, "cayley_sparse", 0.5)["significance"] == "not significant"
-    assert row_for(rows, "cayley_sparse", 0.1)["p_value_vs_rope"] is None
-    assert row_for(rows, "cayley_sparse", 0.1)["significance"] == "n/a, too few seeds"
-    markdown = (report.parent / "comparison.md").read_text()
-    line_of = {pos_f: next(line for line in markdown.splitlines() if line.startswith(f"| mnist | {pos_f} |"))
-               for pos_f in ("cayley_dense | -", "cayley_sparse | 0.5", "cayley_sparse | 0.1")}
-    assert line_of["cayley_dense | -"].endswith("| significant |")
-    assert line_of["cayley_sparse | 0.5"].endswith("| 1.000 | not significant |")
-    assert "| 85.00 ± - |" in line_of["cayley_sparse | 0.1"]
-    assert line_of["cayley_sparse | 0.1"].endswith("| - | n/a, too few seeds |")
+    assert row_for(rows, "rope")["verdict"] == "reference"
+    assert row_for(rows, "cayley_dense")["verdict"] == "higher than rope"
+    # Identical on every seed: a zero-width paired interval, so equivalence is shown, not assumed.
+    assert row_for(rows, "cayley_sparse", 0.5)["p_value"] == 1.0
+    assert row_for(rows, "cayley_sparse", 0.5)["verdict"] == "equivalent within ±0.00 pp"
+    assert row_for(rows, "cayley_sparse", 0.1)["verdict"] == "n/a, too few seeds"
+    lines = table_lines(markdown, "Difference from RoPE")
+    assert set(lines) == {"cayley_dense | -", "cayley_sparse | 0.5", "cayley_sparse | 0.1"}
+    assert lines["cayley_dense | -"].endswith("| higher than rope |")
+    assert "| paired t | 3 pairs | 0: +1.00, 1: +1.10, 2: +1.10 | +1.07 |" in lines["cayley_dense | -"]
+    assert lines["cayley_sparse | 0.1"].endswith("| n/a, too few seeds |")
+    assert "no difference" not in markdown and "no difference" not in report.read_text()
 
+
+def test_not_significant_and_wide_is_inconclusive(tmp_path):
+    folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.90, 0.93, 0.87],
+                                             ("cayley_dense", None): [0.93, 0.90, 0.89]})
+    row = row_for(summarize(collect_results([folder])), "cayley_dense")
+    assert row["p_value_holm"] > 0.05
+    assert row["final_val_acc_diff_ci95_high"] - row["final_val_acc_diff_ci95_low"] > 0.02
+    assert row["verdict"] == "inconclusive (not significant)"
+
+
+def test_an_interval_outside_0_to_100_reads_too_few_seeds(tmp_path):
+    # Two seeds far apart: the t interval of the mean, 0.5 ± 12.7 * 0.45, would reach far below 0 and above 1.
+    folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.05, 0.95]})
+    row = row_for(summarize(collect_results([folder])), "rope")
+    assert row["final_val_acc_ci95_low"] is None and row["final_val_acc_ci95_high"] is None
+    markdown = (write_report([folder], folder).page.parent / "comparison.md").read_text()
+    (line,) = table_lines(markdown, "Validation accuracy and cost").values()
+    assert "| 50.00 ± 63.64 | too few seeds |" in line
+
+
+# ---- labels and warnings -------------------------------------------------------------------------------------
+
+def test_datasets_are_named_by_what_they_are(tmp_path):
+    old = write_runs(tmp_path / "old", [run_record("rope", None, 0, 0.5, dataset="image_folder")])
+    new = write_runs(tmp_path / "new", [run_record("rope", None, 0, 0.5, dataset="image_folder",
+                                                   dataset_display_name="My photos")])
+    names = {row["dataset_display_name"] for row in summarize(collect_results([old, new]))}
+    assert names == {"CIFAR-10 (JPEG copy)", "My photos"}
+
+
+def test_coordinates_label_the_rows_when_runs_differ_in_them(tmp_path):
+    folder = write_runs(tmp_path / "sweep", [
+        *[run_record("rope", None, seed, 0.90 + 0.01 * seed) for seed in range(2)],
+        *[run_record("rope", None, seed, 0.80 + 0.01 * seed, coordinates="normalized") for seed in range(2)],
+        *[run_record("cayley_dense", None, seed, 0.81 + 0.01 * seed, coordinates="normalized")
+          for seed in range(2)]])
+    rows = summarize(collect_results([folder]))
+    assert [row["variant"] for row in rows] == ["rope (grid)", "rope (normalized)", "cayley_dense (normalized)"]
+    # Compared with the rope runs of its own coordinates.
+    assert rows[2]["final_val_acc_diff"] == pytest.approx(0.01)
+    markdown = (write_report([folder], folder).page.parent / "comparison.md").read_text()
+    assert "| dataset | pos | f | coordinates | seeds |" in markdown
+
+
+def test_provenance_differences_are_one_warning_line(tmp_path):
+    newer = {**PROVENANCE, "versions": {**PROVENANCE["versions"], "torch": "2.15.0"}}
+    same = write_runs(tmp_path / "same", [run_record("rope", None, seed, 0.9, provenance=PROVENANCE)
+                                          for seed in range(2)])
+    assert "Warning" not in (write_report([same], same).page.parent / "comparison.md").read_text()
+    mixed = write_runs(tmp_path / "mixed", [run_record("rope", None, 0, 0.9, provenance=PROVENANCE),
+                                            run_record("rope", None, 1, 0.9, provenance=newer),
+                                            run_record("rope", None, 2, 0.9)])
+    page = write_report([mixed], mixed).page
+    warnings = [line for line in (page.parent / "comparison.md").read_text().splitlines() if "Warning" in line]
+    assert warnings == ["**Warning.** Check before comparing: provenance not recorded for 1 of 3 runs; "
+                        "torch version (2.14.1, 2.15.0)."]
+    assert '<p class="warning">' in page.read_text()
+
+
+def test_published_results_are_still_read():
+    for runs in sorted((PROJECT / "docs" / "results").glob("*/runs")):
+        rows = summarize(collect_results([runs]))
+        assert rows and {row["dataset_display_name"] for row in rows} == {"CIFAR-10 (JPEG copy)"}
+        assert all(row["test"] == "paired t" for row in rows if row["pos_variant"] != "rope")
+
+
+# ---- files ---------------------------------------------------------------------------------------------------
 
 def test_extrapolation_table_has_a_column_per_size_in_numeric_order(report):
-    markdown = (report.parent / "comparison.md").read_text()
+    markdown = report.with_name("comparison.md").read_text()
     section = markdown.split("## Resolution extrapolation")[1]
     assert "| dataset | pos | f | 8px | 16px |" in section
-    assert "| mnist | rope | - | 59.00 ± 1.00 | 82.00 ± 2.00 |" in section
+    assert f"| {MNIST} | rope | - | 58.00 ± 4.36 | 81.00 ± 2.65 |" in section
 
 
 def test_failed_runs_are_listed_and_excluded(sweep, report):
@@ -159,7 +299,7 @@ def test_unreadable_results_file_is_listed_as_a_failure(tmp_path):
     folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.9]})
     (folder / "broken").mkdir()
     (folder / "broken" / "results.json").write_text('{"config": ')
-    page = write_report([folder], folder).read_text()
+    page = write_report([folder], folder).page.read_text()
     assert "unreadable results.json" in page.split("Failed runs")[1]
 
 
@@ -171,6 +311,8 @@ def parse_csv_value(text: str):
             return parse(text)
         except ValueError:
             pass
+    if ":" in text and " | " not in text:  # per-seed differences, "seed:value" pairs
+        return {int(seed): float(value) for seed, value in (pair.split(":") for pair in text.split())}
     return text
 
 
@@ -178,25 +320,26 @@ def test_csv_reads_back_as_the_summary_rows(sweep, report):
     with (sweep / "comparison.csv").open(newline="") as handle:
         parsed = [{key: parse_csv_value(value) for key, value in row.items()} for row in csv.DictReader(handle)]
     assert parsed == summarize(collect_results([sweep]))
+    # One name per quantity: the results.json names, aggregated with a suffix.
+    assert {"final_val_acc_mean", "best_val_acc_mean", "avg_epoch_time_sec_mean", "inference_time_ms_per_batch_mean",
+            "num_parameters", "pos_variant", "f_sparse", "dataset"} <= set(parsed[0])
 
 
 def test_plots_are_written_and_embedded_in_the_page(sweep, report):
     assert report == sweep / "report.html"
     page = report.read_text()
-    assert page.count("<table>") == 3
+    assert page.count("<table>") == 4
     for name in PLOTS:
         png = (sweep / name).read_bytes()
         assert png.startswith(b"\x89PNG")
         assert f"data:image/png;base64,{base64.b64encode(png).decode('ascii')}" in page
-    assert "src=\"val_acc_per_epoch.png\"" not in page
 
 
-def test_plot_without_data_is_skipped(tmp_path):
-    folder = write_sweep(tmp_path / "rope_only", {("rope", None): VAL_ACC["rope", None]})
-    report = write_report([folder], tmp_path / "out")
-    assert not (tmp_path / "out" / "acc_vs_sparsity.png").exists()
-    assert (tmp_path / "out" / "epoch_time.png").exists()
-    assert report.read_text().count("data:image/png;base64,") == 2
+def test_single_epoch_runs_get_no_per_epoch_curve_and_a_study_without_comparisons_no_forest(tmp_path):
+    folder = write_runs(tmp_path / "sweep", [run_record("rope", None, seed, 0.9, epochs=1) for seed in range(2)])
+    page = write_report([folder], tmp_path / "out").page
+    assert sorted(path.name for path in (tmp_path / "out").glob("*.png")) == ["epoch_time.png"]
+    assert page.read_text().count("data:image/png;base64,") == 1
 
 
 def test_cli_reports_where_the_report_went(sweep, tmp_path, capsys):
@@ -207,6 +350,12 @@ def test_cli_reports_where_the_report_went(sweep, tmp_path, capsys):
     assert rope["seeds"] == 4
 
 
+def test_a_repeated_seed_is_not_paired(sweep, tmp_path):
+    other = write_sweep(tmp_path / "other", {("rope", None): [0.5]})  # a second rope run at seed 0
+    row = row_for(summarize(collect_results([sweep, other])), "cayley_dense")
+    assert row["test"] == "Welch t"
+
+
 def test_same_run_reached_twice_counts_once(sweep):
     assert len(collect_results([sweep, sweep / "0"])) == len(collect_results([sweep]))
 
@@ -215,7 +364,7 @@ def test_cli_refuses_an_empty_folder_with_exit_code_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     completed = subprocess.run([sys.executable, "-m", "rpe_bench.compare", str(empty)],
-                               capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                               capture_output=True, text=True, cwd=PROJECT)
     assert completed.returncode == 2
     assert completed.stderr.strip() == f"error: no results.json under: {empty}"
 
@@ -225,20 +374,79 @@ def test_cli_refuses_a_missing_folder_with_exit_code_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no such folder: {tmp_path / 'absent'}"
 
 
+# ---- the sweep callback --------------------------------------------------------------------------------------
+
+def sweep_config(sweep_dir: Path, mode: str = "disabled"):
+    return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}},
+                             "logger": {"mode": mode, "project": "rpe_bench", "entity": None, "group": None,
+                                        "tags": []}})
+
+
 def test_callback_writes_the_report_then_fails_a_sweep_with_a_failed_job(sweep):
     with pytest.raises(SystemExit) as exit_info:
-        ComparisonReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+        ComparisonReportCallback().on_multirun_end(sweep_config(sweep))
     assert exit_info.value.code == 1
     assert (sweep / "report.html").exists() and (sweep / "comparison.csv").exists()
 
 
+def test_callback_ends_the_sweep_with_a_short_table_and_the_report_path(sweep, capsys):
+    with pytest.raises(SystemExit):
+        ComparisonReportCallback().on_multirun_end(sweep_config(sweep))
+    lines = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert lines[-1] == f"report: {sweep / 'report.html'}"
+    header, *variants = lines[-6:-1]
+    assert header.split() == ["variant", "val", "acc", "%", "(mean", "±", "95%", "CI)", "Δ", "vs", "rope,", "pp",
+                              "(95%", "CI)", "time", "vs", "rope"]
+    rope_half_width = stats.t.ppf(0.975, 2) * stats.sem(VAL_ACC["rope", None]) * 100
+    assert variants[0].split() == ["rope", "90.00", "±", f"{rope_half_width:.2f}", "reference", "1.00×"]
+    assert variants[1].split()[:4] == ["cayley_dense", "91.07", "±", f"{rope_half_width:.2f}"]
+    assert variants[1].split()[4] == "+1.07" and variants[1].split()[-3:-1] == ["paired", "t"]
+    assert variants[2].split() == ["cayley_sparse", "f=0.1", "85.00", "(too", "few", "seeds)", "n/a,", "too", "few",
+                                   "seeds", "0.99×"]
+
+
 def test_callback_ends_a_sweep_without_failures_normally(tmp_path):
     sweep = write_sweep(tmp_path / "sweep", {("rope", None): [0.9, 0.91]})
-    ComparisonReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    ComparisonReportCallback().on_multirun_end(sweep_config(sweep))
     assert (sweep / "report.html").exists()
+    assert not (sweep / "wandb").exists()  # W&B disabled: no report run
 
 
 def test_callback_logs_instead_of_failing_the_sweep(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="rpe_bench"):
-        ComparisonReportCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+        ComparisonReportCallback().on_multirun_end(sweep_config(tmp_path))
     assert "could not write the comparison report" in caplog.text
+
+
+def test_the_report_run_sits_in_the_sweeps_group_and_holds_table_plots_and_page(sweep, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(SystemExit):
+        ComparisonReportCallback().on_multirun_end(sweep_config(sweep, mode="offline"))
+    (offline_run,) = (sweep / "wandb").glob("offline-run-*")
+    (record,) = [json.loads(line)["run"] for line in wandb_inspect(offline_run).splitlines()
+                 if '"type":"run"' in line]
+    assert record["run_group"] == f"sweep-{sweep.parent.name}_sweep" and record["job_type"] == "report"
+    summary = json.loads(wandb_inspect(offline_run, "--summary"))
+    assert summary["state"] == "finished"
+    logged = summary["summary"]
+    rows = summarize(collect_results([sweep]))
+    assert logged["comparison"]["_type"] == "table-file"
+    assert (logged["comparison"]["nrows"], logged["comparison"]["ncols"]) == (len(rows), len(rows[0]))
+    images = {key for key, value in logged.items() if isinstance(value, dict) and value["_type"] == "image-file"}
+    assert images == {f"plots/{Path(name).stem}" for name in PLOTS}
+    assert logged["report"]["_type"] == "html-file"
+    page = (offline_run / "files" / logged["report"]["path"]).read_text()
+    assert page == (sweep / "report.html").read_text()
+    table = json.loads((offline_run / "files" / logged["comparison"]["path"]).read_text())
+    assert table["columns"] == list(rows[0]) and table["data"][0][:5] == ["mnist", MNIST, "rope", None, "grid"]
+
+
+def test_the_report_runs_group_is_the_jobs_group(tmp_path, monkeypatch):
+    cfg = compose_config("dataset=digits", return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN"
+        cfg.hydra.sweep.dir = str(tmp_path / "2026-11-29" / "10-00-00")
+        cfg.hydra.job.num = 0
+    # What a job of this sweep sees as its Hydra config when it names its W&B run.
+    monkeypatch.setattr(tracking.HydraConfig, "get", staticmethod(lambda: cfg.hydra))
+    assert tracking.run_identity(cfg)["group"] == sweep_group(cfg.hydra.sweep.dir) == "sweep-2026-11-29_10-00-00"

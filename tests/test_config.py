@@ -72,6 +72,8 @@ def test_hydra_refuses_bad_types_keys_and_options(override, error):
     (["trainer.batch_size=0"], "trainer.batch_size=0"),
     (["pos=reflection", "pos.options.k=0"], "k=0"),
     (["trainer.limit_extrapolation_batches=0"], "trainer.limit_extrapolation_batches=0"),
+    (["pos.coordinate_augmentation.jitter=0.5"], "pos.coordinate_augmentation.jitter=0.5"),
+    (["pos.coordinate_augmentation.shift=-0.1"], "pos.coordinate_augmentation.shift=-0.1"),
     # Encoding options are typed by their constructors' annotations.
     (["pos.options.rope_base=abc"], "rope_base='abc'"),
     (["pos=reflection", "pos.options.k=2.5"], "k=2.5"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rpe_bench import pos
-from rpe_bench.model import VisionTransformer, VitShape, parameter_groups, patch_coordinates
+from rpe_bench.model import VisionTransformer, VitShape, fold_basis, parameter_groups, patch_coordinates
 
 SHAPE = VitShape(image_size=16, patch_size=4, channels=3, num_classes=5, emb_dim=32, depth=2, num_heads=2)
 STRING_VARIANTS = [("cayley_dense", {}), ("cayley_sparse", {"f": 0.3}), ("reflection", {"k": 5}), ("circulant", {})]
@@ -93,3 +93,16 @@ def test_ape_table_is_interpolated_bicubically_and_unchanged_at_the_training_gri
     grid = model.absolute_table.reshape(4, 4, 32)
     # Bicubic interpolation keeps the table's range roughly and its mean closely.
     torch.testing.assert_close(larger.mean(), grid.mean(), atol=0.02, rtol=0)
+
+
+def test_folding_runs_in_the_weights_precision_under_bf16_autocast():
+    """Folded under bf16 autocast, W_q' would carry P at bf16 precision (about 5e-3 from orthogonal); the fold
+    must equal the fp32 one exactly and be cast to bf16 only by the projection that uses it."""
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(3 * 16, 16, generator=generator), torch.randn(3 * 16, generator=generator)
+    basis = torch.linalg.qr(torch.randn(2, 8, 8, generator=generator)).Q
+    expected_weight, expected_bias = fold_basis(weight, bias, basis)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        folded_weight, folded_bias = fold_basis(weight, bias, basis)
+    assert folded_weight.dtype == torch.float32 and folded_bias.dtype == torch.float32
+    assert torch.equal(folded_weight, expected_weight) and torch.equal(folded_bias, expected_bias)

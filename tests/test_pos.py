@@ -11,9 +11,13 @@ from rpe_bench.pos.reflection import householder_basis
 HEADS, HEAD_DIM, TOKENS = 2, 12, 7
 STRING_VARIANTS = ["cayley_dense", "cayley_sparse", "reflection", "circulant"]
 ROTARY_VARIANTS = ["rope", "rope_mixed"] + STRING_VARIANTS
+LIE_VARIANTS = ["liere", "comrope_ap", "comrope_ld"]  # more in test_lie_encodings.py
 LEARNABLE = {"rope_mixed": {"theta_x", "theta_y"}, "cayley_dense": {"generator"}, "cayley_sparse": {"generator"},
-             "reflection": {"vectors"}, "circulant": {"c_x", "c_y"}}
-REQUIRED_OPTIONS = {"cayley_sparse": {"f": 0.5}}
+             "reflection": {"vectors"}, "circulant": {"c_x", "c_y"}, "liere": {"skew_entries"},
+             "comrope_ap": {"skew_entries"}, "comrope_ld": {"skew_entries", "scales"}}
+# Options the tests' head dim 12 needs: f has no default; the default block size 8 does not divide 12.
+REQUIRED_OPTIONS = {"cayley_sparse": {"f": 0.5}, "liere": {"block_size": 4}, "comrope_ap": {"block_size": 6},
+                    "comrope_ld": {"block_size": 4}}
 
 
 def make(name, head_dim=HEAD_DIM, dtype=torch.float64, **options):
@@ -44,10 +48,10 @@ def logits(q, k):
 
 
 def test_every_variant_is_registered():
-    assert pos.available() == sorted(["none", "ape"] + ROTARY_VARIANTS)
+    assert pos.available() == sorted(["none", "ape"] + ROTARY_VARIANTS + LIE_VARIANTS)
 
 
-@pytest.mark.parametrize("name", pos.available())
+@pytest.mark.parametrize("name", [name for name in pos.available() if name != "liere"])  # LieRE is absolute
 def test_logits_depend_only_on_relative_position(name):
     encoding = perturbed(make(name))
     q, k = random_qk()
@@ -105,8 +109,9 @@ def test_rope_matches_explicit_rotation_matrices():
 
 
 def test_rope_mixed_init_follows_rope_vit():
-    theta_x, theta_y = make("rope_mixed", rope_base=100.0).frequencies()
-    magnitudes = 100.0 ** (-torch.arange(HEAD_DIM // 4, dtype=torch.float64) / (HEAD_DIM // 4))
+    """Base 10 by default, as rope-vit's mixed models (its axial models use 100)."""
+    theta_x, theta_y = make("rope_mixed").frequencies()
+    magnitudes = 10.0 ** (-torch.arange(HEAD_DIM // 4, dtype=torch.float64) / (HEAD_DIM // 4))
     torch.testing.assert_close(theta_x.hypot(theta_y), magnitudes.repeat(HEADS, 2))
     quarter = HEAD_DIM // 4
     first = torch.atan2(theta_y[:, :quarter], theta_x[:, :quarter])
@@ -292,7 +297,7 @@ def test_circulant_is_the_matrix_exponential_of_circulant_generators():
 
 def test_circulant_init_starts_at_rope_mixed_magnitudes():
     theta_x, theta_y = make("circulant").frequencies()
-    magnitudes = 100.0 ** (-torch.arange(HEAD_DIM // 4, dtype=torch.float64) / (HEAD_DIM // 4))
+    magnitudes = 10.0 ** (-torch.arange(HEAD_DIM // 4, dtype=torch.float64) / (HEAD_DIM // 4))
     expected = torch.cat([magnitudes, magnitudes[:-1], torch.zeros(1, dtype=torch.float64)])
     torch.testing.assert_close(theta_x.hypot(theta_y), expected.expand(HEADS, -1))
 

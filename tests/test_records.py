@@ -1,7 +1,6 @@
 """The run record (results.json and W&B under one set of names), its provenance, and a run folder that belongs
 to one config and one process."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 from rpe_bench import provenance
 from rpe_bench.checkpoint import CHECKPOINT_NAME
+from rpe_bench.launching import usable_cores
 from rpe_bench.results import SCHEMA_VERSION, SUMMARY_FIELDS, RunResult, read_result
 from tests.helpers import PROJECT, TINY_RUN, read_results, run_training, wandb_summary
 
@@ -28,7 +28,7 @@ def test_a_run_records_its_code_libraries_device_and_times(monkeypatch, tmp_path
     assert isinstance(recorded["code"]["dirty"], bool)
     assert recorded["versions"]["torch"] == metadata.version("torch")
     assert set(recorded["versions"]) == {"python", "torch", "torchvision", "hydra-core", "omegaconf", "wandb", "numpy"}
-    assert recorded["device"]["type"] == "cpu" and recorded["device"]["cpu_cores"] == os.cpu_count()
+    assert recorded["device"]["type"] == "cpu" and recorded["device"]["cpu_cores"] == usable_cores()
     assert (recorded["threads"], recorded["world_size"], recorded["parallel_jobs"]) == (1, 1, 1)
     assert recorded["started_utc"] <= recorded["finished_utc"]
     assert "trainer.threads=1" in recorded["overrides"]

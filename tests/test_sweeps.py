@@ -10,11 +10,15 @@ import pytest
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from tests.helpers import PROJECT, TINY_RUN, compose_config, own_wandb_environment, read_results, wandb_summary
+from tests.helpers import (PROJECT, TINY_RUN, compose_config, own_wandb_environment, read_results, wandb_inspect,
+                           wandb_summary)
 
 # One thread per process: on 2 shared cores a second thread mostly waits (seconds per epoch instead of 0.1 s).
 SWEEP_RUN = [*TINY_RUN, "trainer.threads=1"]
-WANDB_CONFIG = {"pos": "rope", "dataset": "digits", "sparsity_f": None, "emb_dim": 32, "depth": 1, "num_heads": 2}
+# The W&B config's top level is the run record's config, under the same names as in results.json.
+WANDB_CONFIG = {"pos_variant": "rope", "dataset": "digits", "f_sparse": None, "emb_dim": 32, "depth": 1, "n_heads": 2,
+                "coordinates": "grid"}
+DIGITS = "Digits (scikit-learn 8x8)"  # how the report names dataset=digits (conf/dataset/digits.yaml)
 SUMMARY_FIELDS = ["best_val_acc", "final_val_acc", "final_val_loss", "final_train_loss", "final_train_acc",
                   "avg_epoch_time_sec", "inference_time_ms_per_batch", "num_parameters"]
 
@@ -37,14 +41,12 @@ def torchrun(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 def wandb_run_record(run_dir: Path) -> dict:
     """The `run` record of the job's W&B transaction log: group and job type live there, not in the summary."""
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
-    completed = subprocess.run(["wandb", "leet", "inspect", "--json", str(offline_run)], capture_output=True,
-                               text=True, check=True)
-    (record,) = [json.loads(line)["run"] for line in completed.stdout.splitlines() if '"type":"run"' in line]
+    (record,) = [json.loads(line)["run"] for line in wandb_inspect(offline_run).splitlines() if '"type":"run"' in line]
     return record
 
 
 def table_row(markdown: str, first_cells: str) -> list[str]:
-    """The cells of the one markdown table row that starts with `first_cells` (e.g. "digits | rope"); pass one
+    """The cells of the one markdown table row that starts with `first_cells` (e.g. f"{DIGITS} | rope"); pass one
     section of the report, as every table starts its rows with dataset and encoding."""
     (line,) = [line for line in markdown.splitlines() if line.startswith(f"| {first_cells} |")]
     return [cell.strip() for cell in line.strip("|").split("|")]
@@ -67,7 +69,8 @@ def test_a_seed_sweep_gives_one_wandb_run_per_job_in_the_sweeps_group_and_a_matc
         assert summary["config"]["seed"] == seed
         for field in SUMMARY_FIELDS:
             assert summary["summary"][field] == pytest.approx(results[seed][field]), field
-        assert summary["tags"] == ["pos=rope", "dataset=digits"]
+        assert summary["tags"] == ["pos_variant=rope", "dataset=digits", "coordinates=grid"]
+        assert summary["config"]["provenance"] == results[seed]["provenance"] | {"finished_utc": None}
         # Shared by the sweep's jobs and named after its folder (the last two parts of the path).
         assert record["run_group"] == f"sweep-{tmp_path.name}_seeds"
         assert record["job_type"] == "train"
@@ -76,7 +79,7 @@ def test_a_seed_sweep_gives_one_wandb_run_per_job_in_the_sweeps_group_and_a_matc
     comparison = (sweep_dir / "comparison.md").read_text().split("## Resolution extrapolation")[0]
     page = (sweep_dir / "report.html").read_text()
     final_val_acc = [results[seed]["final_val_acc"] for seed in (1, 2)]
-    cells = table_row(comparison, "digits | rope")
+    cells = table_row(comparison, f"{DIGITS} | rope")
     assert cells[3] == "2"
     expected = {4: f"{100 * statistics.fmean(final_val_acc):.2f} ± {100 * statistics.stdev(final_val_acc):.2f}",
                 6: f"{100 * statistics.fmean(results[seed]['best_val_acc'] for seed in (1, 2)):.2f}",
@@ -126,7 +129,7 @@ def test_the_local_launcher_runs_each_job_as_its_own_submitit_process(tmp_path):
         assert results["status"] == "completed" and results["config"]["seed"] == seed
     assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
     comparison = (sweep_dir / "comparison.md").read_text().split("## Resolution extrapolation")[0]
-    assert table_row(comparison, "digits | rope")[3] == "2"
+    assert table_row(comparison, f"{DIGITS} | rope")[3] == "2"
 
 
 def test_the_slurm_launcher_composes_and_requeues_the_same_job_on_preemption():
@@ -160,7 +163,7 @@ def test_torchrun_with_two_processes_writes_one_run_folder_and_matches_one_proce
     assert (ddp_dir / CHECKPOINT_NAME).exists() and len(list((ddp_dir / "wandb").glob("offline-run-*"))) == 1
     assert "2 process(es)" in (ddp_dir / "train.log").read_text()
     ddp, single = read_results(ddp_dir), read_results(single_dir)
-    assert (ddp["processes"], single["processes"]) == (2, 1)
+    assert (ddp["provenance"]["world_size"], single["provenance"]["world_size"]) == (2, 1)
     for ddp_epoch, single_epoch in zip(ddp["history"], single["history"], strict=True):
         for field in ("train_loss", "val_loss"):
             assert ddp_epoch[field] == pytest.approx(single_epoch[field], rel=1e-5), field
@@ -184,7 +187,7 @@ def test_gpu_check_parses_and_refuses_to_run_without_a_gpu(tmp_path):
     script = PROJECT / "scripts" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     completed = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
-                               env={**own_wandb_environment(), "CUDA_VISIBLE_DEVICES": ""})
+                               env={**own_wandb_environment(), "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable})
     assert completed.returncode == 1
     assert completed.stderr.strip() == ("gpu_check: no CUDA GPU is visible to torch; this check needs one, "
                                         "nothing was run.")

@@ -61,7 +61,8 @@ def test_same_seed_gives_the_same_losses(monkeypatch, tmp_path):
     assert losses[0] != losses[2]
 
 
-@pytest.mark.parametrize("name", ["none", "ape", "rope_mixed", "cayley_sparse", "reflection", "circulant"])
+@pytest.mark.parametrize("name", ["none", "ape", "rope_mixed", "cayley_sparse", "reflection", "circulant", "liere",
+                                  "comrope_ap", "comrope_ld"])
 def test_every_encoding_trains_from_the_command_line_config(monkeypatch, tmp_path, name):
     run_training(monkeypatch, f"hydra.run.dir={tmp_path}", f"pos={name}", "sparsity=f0.5")
     results = read_results(tmp_path)

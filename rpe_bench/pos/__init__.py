@@ -2,17 +2,27 @@
 
 A new encoding is one module in this package whose class carries `@register("name")`; importing the package
 imports every module here, so nothing else needs editing. Options are the constructor's keyword arguments
-beyond `head_dim` and `num_heads`, and `build` refuses any it does not know.
+beyond `head_dim`, `num_heads` and `generator`; `build` refuses any it does not know and any value whose type
+does not match the constructor's annotation.
+
+`generator` is supplied by the model, not by the user: an encoding that draws random numbers at init (a sparse
+mask, reflection vectors, mixed angles) declares `generator: Optional[torch.Generator] = None` and draws from it,
+so its draws never shift the global RNG that draws the weights every encoding shares (common random numbers
+across encodings at one seed). Without a generator it draws from the global RNG.
 """
 import importlib
 import inspect
 import pkgutil
-from typing import Callable, Dict, List, Type
+import types
+import typing
+from typing import Callable, Dict, List, Optional, Type
+
+import torch
 
 from rpe_bench.pos.base import PositionEncoding
 
 _ENCODINGS: Dict[str, Type[PositionEncoding]] = {}
-_SHAPE_ARGUMENTS = ("head_dim", "num_heads")
+_SHAPE_ARGUMENTS = ("head_dim", "num_heads", "generator")
 
 
 def register(name: str) -> Callable[[Type[PositionEncoding]], Type[PositionEncoding]]:
@@ -29,7 +39,28 @@ def available() -> List[str]:
     return sorted(_ENCODINGS)
 
 
-def build(name: str, head_dim: int, num_heads: int, **options) -> PositionEncoding:
+def _allowed_types(annotation) -> tuple:
+    """The runtime types an option annotated `annotation` accepts; an int is a valid float, a bool is no int."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(allowed for member in typing.get_args(annotation) for allowed in _allowed_types(member))
+    if annotation is float:
+        return (float, int)
+    return (type(None),) if annotation is type(None) else (annotation,)
+
+
+def _check_option_type(name: str, option: str, value, annotation) -> None:
+    if annotation is None:
+        return
+    allowed = _allowed_types(annotation)
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        expected = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed
+                               if not (kind is int and float in allowed))
+        raise ValueError(f"option {option}={value!r} of position encoding {name!r} has the wrong type: "
+                         f"expected {expected}")
+
+
+def build(name: str, head_dim: int, num_heads: int, generator: Optional[torch.Generator] = None,
+          **options) -> PositionEncoding:
     if name not in _ENCODINGS:
         raise ValueError(f"unknown position encoding {name!r}; available: {', '.join(available())}")
     encoding = _ENCODINGS[name]
@@ -42,6 +73,11 @@ def build(name: str, head_dim: int, num_heads: int, **options) -> PositionEncodi
     for option, parameter in parameters.items():
         if parameter.default is inspect.Parameter.empty and option not in options:
             raise ValueError(f"position encoding {name!r} needs option {option!r}")
+    hints = typing.get_type_hints(encoding.__init__)
+    for option, value in options.items():
+        _check_option_type(name, option, value, hints.get(option))
+    if "generator" in inspect.signature(encoding).parameters:
+        options["generator"] = generator
     return encoding(head_dim=head_dim, num_heads=num_heads, **options)
 
 

@@ -12,7 +12,7 @@ unit length), L w_n = omega_n u_n and L u_n = -omega_n w_n: the pair (w_n, u_n) 
 x omega^x_n + y omega^y_n. Modes 0 and d/2 have omega = 0 (they never rotate) and form one pair at angle 0.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -51,12 +51,13 @@ def circulant_from_frequencies(omega: torch.Tensor, dim: int) -> torch.Tensor:
 @register("circulant")
 class CirculantString(RotaryEncoding):
     """Init: c_x, c_y are chosen so that the rotating modes start at RoPE-Mixed's initial frequencies (axial
-    magnitudes, a random direction per head), the smallest of them dropped for the non-rotating pair; a
-    small random c would start almost without positional signal."""
+    magnitudes with RoPE-Mixed's default base 10, a random direction per head), the smallest of them dropped
+    for the non-rotating pair; a small random c would start almost without positional signal."""
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0,
+                 generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads)
-        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base)
+        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)
         rotating = head_dim // 2 - 1
         self.c_x = nn.Parameter(circulant_from_frequencies(theta_x[:, :rotating], head_dim))
         self.c_y = nn.Parameter(circulant_from_frequencies(theta_y[:, :rotating], head_dim))

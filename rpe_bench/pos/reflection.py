@@ -35,12 +35,13 @@ class ReflectionString(AxialRope):
     the same logits as RoPE up to that fixed change of basis, and any product of an odd number of
     reflections keeps det -1, so I is out of reach."""
 
-    def __init__(self, head_dim: int, num_heads: int, k: Optional[int] = None, rope_base: float = 100.0):
+    def __init__(self, head_dim: int, num_heads: int, k: Optional[int] = None, rope_base: float = 100.0,
+                 generator: Optional[torch.Generator] = None):
         count = head_dim if k is None else k
         if count < 1:
             raise ValueError(f"k={k} must be >= 1 (the number of reflections), or null for head_dim")
         super().__init__(head_dim, num_heads, rope_base)
-        directions = torch.randn(num_heads, (count + 1) // 2, head_dim)
+        directions = torch.randn(num_heads, (count + 1) // 2, head_dim, generator=generator)
         self.vectors = nn.Parameter(directions.repeat_interleave(2, dim=1)[:, :count].clone())
 
     def basis(self) -> torch.Tensor:

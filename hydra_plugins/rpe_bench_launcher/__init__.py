@@ -1,0 +1,1 @@
+"""rpe_bench's Hydra launcher plugin: `hydra/launcher=parallel` (conf/hydra/launcher/parallel.yaml)."""

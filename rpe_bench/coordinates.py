@@ -1,0 +1,75 @@
+"""Where the tokens sit for the rotary encodings (`pos.coordinates`), and DINOv3's train-time coordinate
+augmentation (`pos.coordinate_augmentation`).
+
+Units are the training grid's patch spacing under both conventions, so at the training resolution they give
+identical coordinates (and identical models), and the frequencies every encoding starts from keep their meaning.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def patch_coordinates(grid_height: int, grid_width: int, training_grid: Optional[int] = None,
+                      device=None) -> torch.Tensor:
+    """(1 + H*W, 2) float (x, y) positions: the CLS token first, at the origin, where every rotation is the
+    identity (RoPE-ViT leaves CLS unrotated), then the patches in row-major order.
+
+    Without `training_grid` ("grid"): integer patch indices, so a larger image places patches beyond the trained
+    range (extrapolation). With it ("normalized"): each patch centre's place in the image, measured in patches of
+    the training grid G, the first training patch at 0: x = (i + 1/2) G / W - 1/2 on a grid W wide. At W = G this
+    is i exactly; a larger image gets spacing G / W inside the trained span [-1/2, G - 1/2] (interpolation)."""
+
+    def axis(size: int) -> torch.Tensor:
+        index = torch.arange(size, device=device, dtype=torch.float32)
+        return index if training_grid is None else (index + 0.5) * (training_grid / size) - 0.5
+
+    ys, xs = torch.meshgrid(axis(grid_height), axis(grid_width), indexing="ij")
+    patches = torch.stack([xs.flatten(), ys.flatten()], dim=1)
+    return torch.cat([patches.new_zeros(1, 2), patches])
+
+
+def log_uniform(count: int, limit: float, generator: torch.Generator) -> torch.Tensor:
+    """`count` factors with log uniform in [-log limit, log limit]."""
+    return ((2 * torch.rand(count, generator=generator) - 1) * math.log(limit)).exp()
+
+
+class CoordinateAugmentation(nn.Module):
+    """DINOv3's train-time augmentation of the patch coordinates, one draw per forward pass shared by the batch
+    and every layer. In DINOv3's frame, where the training image spans [-1, 1] on each axis, c -> (c + offset) *
+    scale with the offset uniform in [-shift, shift] per axis and the scale log-uniform in [1/jitter, jitter]
+    per axis times one log-uniform factor in [1/rescale, rescale]; null turns a part off. CLS stays at the
+    origin, so it keeps the identity rotation.
+
+    The draws come from `generator` alone (the model derives it from the run seed), so they never shift the
+    global RNG that draws the shared weights and batches; its state is saved with the model's state_dict, so a
+    resumed run continues the same sequence."""
+
+    def __init__(self, shift: Optional[float], jitter: Optional[float], rescale: Optional[float],
+                 generator: torch.Generator):
+        super().__init__()
+        for name, value, least in (("shift", shift, 0.0), ("jitter", jitter, 1.0), ("rescale", rescale, 1.0)):
+            if value is not None and value < least:
+                raise ValueError(f"pos.coordinate_augmentation.{name}={value} must be >= {least}, or null (off)")
+        self.shift, self.jitter, self.rescale = shift, jitter, rescale
+        self.generator = generator
+
+    def forward(self, coords: torch.Tensor, training_grid: int) -> torch.Tensor:
+        offset, scale = torch.zeros(2), torch.ones(2)
+        if self.shift is not None:
+            offset = (2 * torch.rand(2, generator=self.generator) - 1) * self.shift
+        if self.jitter is not None:
+            scale = scale * log_uniform(2, self.jitter, self.generator)
+        if self.rescale is not None:
+            scale = scale * log_uniform(1, self.rescale, self.generator)
+        # Patch units u and DINOv3's frame c: c = (u - centre) / half_span.
+        centre, half_span = (training_grid - 1) / 2, training_grid / 2
+        patches = centre + (coords[1:] - centre + offset.to(coords) * half_span) * scale.to(coords)
+        return torch.cat([coords[:1], patches])
+
+    def get_extra_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state.cpu())  # a checkpoint loaded onto a GPU moved the state there

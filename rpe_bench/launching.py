@@ -1,0 +1,80 @@
+"""Local parallel sweeps (`hydra/launcher=parallel`): N jobs at once through Hydra's joblib launcher, T threads
+each. N defaults to the usable cores and T to cores // N; an N whose estimated memory does not fit is refused.
+The launcher itself is hydra_plugins/rpe_bench_launcher (Hydra loads launchers from that namespace only).
+
+Small ViTs scale poorly across threads, so N one-thread jobs side by side finish a study sooner than the same
+jobs one after another on every core (docs/bench_sweep.md).
+"""
+import os
+
+import psutil
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+# Resident memory of one job beyond its data, model and activations: Python, torch, scikit-learn and W&B with
+# its service process. Measured 870 MB (the job) + about 100 MB (wandb-core) for a one-block ViT on digits.
+JOB_BASELINE_BYTES = 1000 * 2**20
+# Images in train + test; image_folder is counted on disk.
+DATASET_IMAGES = {"digits": 1797, "mnist": 70_000, "fashion_mnist": 70_000, "cifar10": 60_000, "cifar100": 60_000}
+# float32 values a training step keeps per token, channel and block for the backward pass (q, k, v, attention
+# output, two norms, the MLP's hidden and activated tensors, residuals), rounded up.
+SAVED_VALUES_PER_TOKEN_CHANNEL = 24
+# Weights, gradients and AdamW's two moments, float32 each.
+BYTES_PER_PARAMETER = 16
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: CPU affinity (taskset, a container's cpuset) can make them fewer than
+    the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_job() -> int | None:
+    """trainer.threads when not set: the usable cores shared among the jobs a parallel launcher runs at once;
+    None (torch's default, every core) for a single run or under a launcher that runs one job at a time."""
+    try:
+        hydra_config = HydraConfig.get()
+    except ValueError:  # composed outside a Hydra run (tests, notebooks): no launcher to share cores with
+        return None
+    # A single run never goes through the launcher, even when its config names one.
+    parallel_jobs = hydra_config.launcher.get("n_jobs") if hydra_config.mode == RunMode.MULTIRUN else None
+    return max(1, usable_cores() // parallel_jobs) if parallel_jobs else None
+
+
+def dataset_images(dataset) -> int:
+    if dataset.name != "image_folder":
+        return DATASET_IMAGES[dataset.name]
+    return sum(len(files) for split in ("train", "test")
+               for _, _, files in os.walk(os.path.join(os.path.expanduser(dataset.root), split)))
+
+
+def job_memory_bytes(cfg) -> int:
+    """A rough upper estimate of one training job's resident memory, from its dataset and model sizes."""
+    dataset, model, trainer = cfg.dataset, cfg.model, cfg.trainer
+    # Decoding holds a second copy of the uint8 images for a moment.
+    data = 2 * dataset_images(dataset) * dataset.channels * dataset.image_size ** 2
+    parameters = model.depth * (4 + 2 * model.mlp_ratio) * model.emb_dim ** 2
+    tokens = 1 + (dataset.image_size // max(1, model.patch_size)) ** 2
+    activations = 4 * trainer.batch_size * model.depth * (
+        SAVED_VALUES_PER_TOKEN_CHANNEL * tokens * model.emb_dim + 2 * model.num_heads * tokens ** 2)
+    return int(JOB_BASELINE_BYTES + data + BYTES_PER_PARAMETER * parameters + activations)
+
+
+def gigabytes(size: float) -> str:
+    return f"{size / 2**30:.1f} GB"
+
+
+def parallel_jobs_refusal(parallel_jobs: int, job_configs) -> str | None:
+    """One line refusing `parallel_jobs` when the largest jobs of the sweep, that many at once, would not fit in
+    the available memory; None when they fit."""
+    if parallel_jobs < 1:
+        return f"hydra.launcher.n_jobs={parallel_jobs} must be >= 1"
+    estimates = sorted((job_memory_bytes(cfg) for cfg in job_configs), reverse=True)
+    at_once = estimates[:parallel_jobs]
+    needed, available = sum(at_once), psutil.virtual_memory().available
+    # One job at a time is what the default launcher does anyway: only parallelism is refused.
+    if len(at_once) < 2 or needed <= available:
+        return None
+    return (f"hydra.launcher.n_jobs={parallel_jobs} needs about {gigabytes(needed)} for the jobs running at once "
+            f"(up to {gigabytes(estimates[0])} each, estimated from dataset and model) but {gigabytes(available)} "
+            f"is available: allowed here n_jobs <= {max(1, available // estimates[0])}")

@@ -1,0 +1,41 @@
+"""LieRE (Ostmeier et al., ICML 2025): R(r) = exp(x A_x + y A_y), one learnable block-diagonal skew-symmetric
+generator per axis, per head and per layer.
+
+A_x and A_y need not commute, so R(r_q)^T R(r_k) is not R(r_k - r_q): LieRE is the one rotary encoding here
+whose logits depend on absolute positions. Every 2 x 2 skew matrix is a multiple of J, so at block_size 2 the
+generators always commute and LieRE is RoPE-Mixed reparameterised.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rpe_bench.pos import register
+from rpe_bench.pos.lie import BlockLieEncoding, matrix_exponential, skew_symmetric, spectral_skew_entries
+from rpe_bench.pos.rope_mixed import mixed_frequencies
+
+
+@register("liere")
+class Liere(BlockLieEncoding):
+    """Init: each axis's generator has RoPE-Mixed's initial frequencies for that axis (axial magnitudes, one
+    random direction per head) in a random rotation of each block, drawn independently for x and y, so for
+    b >= 4 A_x and A_y do not commute from the start. LieRE's own init (entries uniform in [0, 2 pi) for
+    positions in [0, 1]) has no meaning in patch units; at b = 2 this init is exactly RoPE-Mixed's, with the
+    pairs (2n, 2n + 1) instead of (n, n + d/2)."""
+
+    def __init__(self, head_dim: int, num_heads: int, block_size: int = 8, rope_base: float = 10.0,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(head_dim, num_heads, block_size)
+        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)
+        frequencies = torch.stack([theta_x, theta_y]).view(2, num_heads, self.num_blocks, block_size // 2)
+        # (axis, heads, blocks, b (b - 1) / 2): the free entries of A_x and A_y.
+        self.skew_entries = nn.Parameter(spectral_skew_entries(frequencies, generator))
+
+    def generators(self) -> torch.Tensor:
+        """A_x and A_y, (2, heads, blocks, b, b)."""
+        return skew_symmetric(self.skew_entries, self.block_size)
+
+    def block_rotations(self, coords: torch.Tensor) -> torch.Tensor:
+        x, y = coords[:, :, None, None, None, None].unbind(1)
+        generator_x, generator_y = self.generators()
+        return matrix_exponential(x * generator_x + y * generator_y)

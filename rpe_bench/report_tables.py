@@ -1,0 +1,239 @@
+"""The comparison rows as text: the tables of comparison.md and report.html, comparison.csv, and the short table
+a sweep ends with in the terminal. Numbers come from rpe_bench.compare's rows; nothing is computed here."""
+import base64
+import csv
+import html
+from pathlib import Path
+from typing import Optional
+
+from rpe_bench.results import RunResult
+from rpe_bench.statistics import EQUIVALENCE_MARGIN, SIGNIFICANCE_LEVEL
+
+MISSING = "-"
+TOO_FEW_SEEDS = "too few seeds"
+
+
+def number(value, digits: int = 2, scale: float = 1.0) -> str:
+    return MISSING if value is None else f"{scale * value:.{digits}f}"
+
+
+def percent(value) -> str:
+    return number(value, scale=100)
+
+
+def signed_points(value) -> str:
+    """A difference of accuracies in percentage points."""
+    return MISSING if value is None else f"{100 * value:+.2f}"
+
+
+def plus_minus(mean, std, scale: float = 1.0) -> str:
+    return MISSING if mean is None else f"{number(mean, scale=scale)} ± {number(std, scale=scale)}"
+
+
+def interval(low, high, seeds_present: bool = True, signed: bool = False) -> str:
+    """[low, high] in points; an interval the statistics refused (it would leave the possible range) reads
+    'too few seeds'."""
+    if low is None:
+        return TOO_FEW_SEEDS if seeds_present else MISSING
+    show = signed_points if signed else percent
+    return f"[{show(low)}, {show(high)}]"
+
+
+def ratio(value) -> str:
+    return MISSING if value is None else f"{value:.2f}×"
+
+
+def sparsity(f) -> str:
+    return MISSING if f is None else f"{f:g}"
+
+
+def per_seed(deltas: Optional[dict]) -> str:
+    return MISSING if not deltas else ", ".join(f"{seed}: {signed_points(delta)}" for seed, delta in deltas.items())
+
+
+def shows_coordinates(rows: list[dict]) -> bool:
+    return len({row["coordinates"] for row in rows}) > 1
+
+
+def variant_cells(row: dict, with_coordinates: bool) -> list[str]:
+    cells = [row["dataset_display_name"], row["pos_variant"], sparsity(row["f_sparse"])]
+    return cells + [row["coordinates"]] if with_coordinates else cells
+
+
+def variant_headers(with_coordinates: bool) -> list[str]:
+    return ["dataset", "pos", "f"] + (["coordinates"] if with_coordinates else [])
+
+
+def accuracy_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    with_coordinates = shows_coordinates(rows)
+    headers = variant_headers(with_coordinates) + [
+        "seeds", "val acc % (mean ± std)", "95% CI", "best val acc %", "train s/epoch", "inference ms/batch",
+        "parameters", "train time vs RoPE", "inference vs RoPE"]
+    cells = [variant_cells(row, with_coordinates) + [
+        str(row["seeds"]), plus_minus(row["final_val_acc_mean"], row["final_val_acc_std"], scale=100),
+        interval(row["final_val_acc_ci95_low"], row["final_val_acc_ci95_high"]), percent(row["best_val_acc_mean"]),
+        plus_minus(row["avg_epoch_time_sec_mean"], row["avg_epoch_time_sec_std"]),
+        number(row["inference_time_ms_per_batch_mean"]), f"{row['num_parameters']:,}",
+        ratio(row["avg_epoch_time_sec_vs_rope"]), ratio(row["inference_time_ms_per_batch_vs_rope"]),
+    ] for row in rows]
+    return headers, cells
+
+
+def difference_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    with_coordinates = shows_coordinates(rows)
+    headers = variant_headers(with_coordinates) + [
+        "test", "runs", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "unpaired 95% CI (Welch)", "p", "p (Holm)",
+        "detectable Δ (pp)", "unpaired detectable Δ (pp)", "verdict"]
+    cells = []
+    for row in rows:
+        if row["verdict"] == "reference":
+            continue
+        tested = row["test"] is not None
+        cells.append(variant_cells(row, with_coordinates) + [
+            row["test"] or MISSING, row["test_runs"] or MISSING, per_seed(row["final_val_acc_diff_per_seed"]),
+            signed_points(row["final_val_acc_diff"]),
+            interval(row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"], tested, signed=True),
+            interval(row["final_val_acc_diff_unpaired_ci95_low"], row["final_val_acc_diff_unpaired_ci95_high"],
+                     row["final_val_acc_diff_unpaired_min_detectable"] is not None, signed=True),
+            number(row["p_value"], digits=3), number(row["p_value_holm"], digits=3),
+            number(row["final_val_acc_diff_min_detectable"], scale=100),
+            number(row["final_val_acc_diff_unpaired_min_detectable"], scale=100), row["verdict"],
+        ])
+    return headers, cells
+
+
+def extrapolation_table(rows: list[dict], sizes: list[str]) -> tuple[list[str], list[list[str]]]:
+    with_coordinates = shows_coordinates(rows)
+    headers = variant_headers(with_coordinates) + [f"{size}px" for size in sizes]
+    cells = [variant_cells(row, with_coordinates) + [
+        plus_minus(row[f"extrapolation_{size}_val_acc_mean"], row[f"extrapolation_{size}_val_acc_std"], scale=100)
+        for size in sizes] for row in rows]
+    return headers, cells
+
+
+def failure_table(failures: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+    headers = ["folder", "dataset", "pos", "f", "seed", "error"]
+    cells = []
+    for failure in failures:
+        config = failure.config
+        error_line = (failure.error or "no error recorded").splitlines()[0]
+        described = ([config.dataset, config.pos_variant, sparsity(config.f_sparse), str(config.seed)] if config
+                     else [MISSING, MISSING, MISSING, MISSING])
+        cells.append([failure.folder, *described, error_line])
+    return headers, cells
+
+
+def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult]) -> list[tuple[str, str, tuple]]:
+    """(title, note, table) for each section; a table with no rows is shown as its note alone."""
+    comparisons = sum(row["p_value_holm"] is not None for row in rows)
+    return [
+        ("Validation accuracy and cost",
+         "Final val acc over seeds; 95% CI from Student's t (\"too few seeds\" where it would reach outside "
+         "[0, 100]). Seconds per epoch and inference: mean over seeds; \"vs RoPE\": the ratio to the rope runs of "
+         "the same dataset.",
+         accuracy_table(rows)),
+        ("Difference from RoPE",
+         f"Δ = final val acc minus rope's, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
+         f"listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
+         f"unpaired CI is shown beside for every variant. p (Holm): adjusted over the {comparisons} comparisons "
+         f"in this report; higher or lower means p (Holm) < {SIGNIFICANCE_LEVEL}. \"Equivalent within ±x\" only "
+         f"when the whole 95% CI lies within ±{100 * EQUIVALENCE_MARGIN:g} pp; otherwise a difference that is not "
+         f"significant is inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "
+         f"{SIGNIFICANCE_LEVEL} finds with 80% probability, given these runs' spread.",
+         difference_table(rows)),
+        ("Resolution extrapolation",
+         "Val acc % (mean ± std over seeds) at each evaluated image size." if sizes
+         else "No run evaluated other image sizes.",
+         extrapolation_table(rows, sizes) if sizes else ([], [])),
+        ("Failed runs", "Excluded from every statistic above." if failures else "None.", failure_table(failures)),
+    ]
+
+
+def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def html_table(headers: list[str], cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(header)}</th>" for header in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in cells)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def flat_value(value):
+    """A row value as one cell of a data table: the per-seed differences become "seed:value" text."""
+    if isinstance(value, dict):
+        return " ".join(f"{key}:{item}" for key, item in value.items())
+    return value
+
+
+def csv_value(value) -> str:
+    return MISSING if value is None else str(flat_value(value))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fieldnames = list(rows[0]) if rows else ["dataset", "pos_variant", "f_sparse", "seeds"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows({key: csv_value(value) for key, value in row.items()} for row in rows)
+
+
+def write_markdown(sections, dirs, warning: Optional[str], plots: list[Path], path: Path) -> None:
+    parts = ["# Position-encoding comparison", f"Runs under: {', '.join(str(folder) for folder in dirs)}"]
+    parts += [f"**Warning.** {warning}"] if warning else []
+    for title, note, (headers, cells) in sections:
+        parts += [f"## {title}", note] + ([markdown_table(headers, cells)] if cells else [])
+    if plots:
+        parts += ["## Plots"] + [f"![{plot.stem}]({plot.name})" for plot in plots]
+    path.write_text("\n\n".join(parts) + "\n")
+
+
+PAGE_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+              "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+              "td:nth-child(-n+3){text-align:left}img{max-width:100%;display:block;margin:1em 0}"
+              ".warning{background:#fff3cd;border:1px solid #e0b000;padding:6px 10px}")
+
+
+def write_html(sections, dirs, warning: Optional[str], plots: list[Path], path: Path) -> None:
+    parts = ["<h1>Position-encoding comparison</h1>",
+             f"<p>Runs under: {html.escape(', '.join(str(folder) for folder in dirs))}</p>"]
+    parts += [f'<p class="warning"><b>Warning.</b> {html.escape(warning)}</p>'] if warning else []
+    for title, note, (headers, cells) in sections:
+        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(note)}</p>"]
+        parts += [html_table(headers, cells)] if cells else []
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        parts += [f'<img alt="{plot.stem}" src="data:image/png;base64,'
+                  f'{base64.b64encode(plot.read_bytes()).decode("ascii")}">' for plot in plots]
+    path.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Position-encoding comparison"
+                    f"</title><style>{PAGE_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+def accuracy_with_interval(row: dict) -> str:
+    mean = percent(row["final_val_acc_mean"])
+    if row["final_val_acc_ci95_low"] is None:
+        return f"{mean} ({TOO_FEW_SEEDS})"
+    return f"{mean} ± {100 * (row['final_val_acc_ci95_high'] - row['final_val_acc_ci95_low']) / 2:.2f}"
+
+
+def difference_with_interval(row: dict) -> str:
+    if row["test"] is None:
+        return row["verdict"]
+    bounds = interval(row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"], signed=True)
+    return f"{signed_points(row['final_val_acc_diff'])} {bounds} {row['test']}"
+
+
+def terminal_summary(rows: list[dict], warning: Optional[str]) -> str:
+    """The short table a sweep ends with: each variant's accuracy, its difference from RoPE and its time."""
+    several_datasets = len({row["dataset_display_name"] for row in rows}) > 1
+    table = [(["dataset"] if several_datasets else []) +
+             ["variant", "val acc % (mean ± 95% CI)", "Δ vs rope, pp (95% CI)", "time vs rope"]]
+    for row in rows:
+        table.append(([row["dataset_display_name"]] if several_datasets else []) + [
+            row["variant"], accuracy_with_interval(row), difference_with_interval(row),
+            ratio(row["avg_epoch_time_sec_vs_rope"])])
+    widths = [max(len(line[index]) for line in table) for index in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+    return "\n".join(([f"Warning: {warning}"] if warning else []) + lines)

@@ -1,0 +1,138 @@
+"""The numbers behind the comparison report, apart from how they are shown: the interval of a mean accuracy, the
+difference of two arms (paired over shared seeds, or Welch's unpaired test), Holm's correction, the smallest
+difference the runs could detect, and the words each result earns.
+
+Accuracies are fractions in [0, 1] and differences of them lie in [-1, 1]: an interval reaching outside says
+that the seeds are too few to bound the quantity, and is returned as None rather than as impossible bounds.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import optimize, stats
+
+CONFIDENCE_LEVEL = 0.95
+SIGNIFICANCE_LEVEL = 0.05
+POWER = 0.8
+# Equivalence is claimed only when the whole 95% CI of the difference lies within this margin: the effects in
+# question are about 1 point (the reference notebook's +1 to +2, the papers' +0.5 to +1.5).
+EQUIVALENCE_MARGIN = 0.01
+PAIRED, WELCH = "paired t", "Welch t"
+ACCURACY_BOUNDS, DIFFERENCE_BOUNDS = (0.0, 1.0), (-1.0, 1.0)
+
+Interval = Optional[Tuple[float, float]]
+
+
+def mean_and_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Sample standard deviation (ddof=1); None for a single value."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def bounded(low: float, high: float, bounds: Tuple[float, float]) -> Interval:
+    return (low, high) if bounds[0] <= low and high <= bounds[1] else None
+
+
+def t_interval(mean: float, standard_error: float, df: float, bounds: Tuple[float, float]) -> Interval:
+    half_width = stats.t.ppf((1 + CONFIDENCE_LEVEL) / 2, df) * standard_error
+    return bounded(mean - half_width, mean + half_width, bounds)
+
+
+def mean_interval(values: Sequence[float]) -> Interval:
+    """Student-t 95% interval of a mean accuracy; None with fewer than two values or outside [0, 1]."""
+    if len(values) < 2:
+        return None
+    mean, std = mean_and_std(values)
+    return t_interval(mean, std / math.sqrt(len(values)), len(values) - 1, ACCURACY_BOUNDS)
+
+
+def min_detectable_difference(standard_error: float, df: float) -> float:
+    """The true |difference| that a two-sided t-test at level 0.05 finds with probability 0.8, given these runs'
+    standard error and degrees of freedom: lambda * SE, where lambda solves
+    P(|T| > t_crit) = 0.8 for T ~ noncentral t(df, lambda) and t_crit = t_(0.975, df)."""
+    critical = stats.t.ppf(1 - SIGNIFICANCE_LEVEL / 2, df)
+
+    def power_gap(noncentrality: float) -> float:
+        # The lower tail P(T < -t_crit) as sf at -lambda, by symmetry: nct.cdf returns NaN far out in that tail.
+        power = stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality)
+        return power - POWER
+
+    upper = critical + 1.0
+    while power_gap(upper) < 0:
+        upper *= 2
+    return optimize.brentq(power_gap, 0.0, upper) * standard_error
+
+
+@dataclass(frozen=True)
+class Difference:
+    """mean = variant - reference, with its standard error and degrees of freedom under `test`."""
+    test: str
+    mean: float
+    standard_error: float
+    df: float
+    runs: str  # what each side contributed, e.g. "3 pairs" or "3 + 2" runs
+    per_seed: Dict[int, float] = field(default_factory=dict)  # paired only: seed -> difference
+
+    @property
+    def interval(self) -> Interval:
+        return t_interval(self.mean, self.standard_error, self.df, DIFFERENCE_BOUNDS)
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided; with no spread at all, 1 for a zero difference (nothing to find) and 0 otherwise."""
+        if self.standard_error == 0:
+            return 1.0 if self.mean == 0 else 0.0
+        return float(2 * stats.t.sf(abs(self.mean / self.standard_error), self.df))
+
+    @property
+    def min_detectable(self) -> float:
+        return min_detectable_difference(self.standard_error, self.df)
+
+
+def paired_difference(values: Dict[int, float], reference: Dict[int, float]) -> Optional[Difference]:
+    """Paired t over the seeds both arms ran: the per-seed differences share the seed's initial weights and
+    batches, so most seed noise cancels. None with fewer than two shared seeds."""
+    seeds = sorted(values.keys() & reference.keys())
+    if len(seeds) < 2:
+        return None
+    per_seed = {seed: values[seed] - reference[seed] for seed in seeds}
+    mean, std = mean_and_std(list(per_seed.values()))
+    return Difference(PAIRED, mean, std / math.sqrt(len(seeds)), len(seeds) - 1, f"{len(seeds)} pairs", per_seed)
+
+
+def welch_difference(values: Sequence[float], reference: Sequence[float]) -> Optional[Difference]:
+    """Welch's unpaired t (unequal variances, Welch-Satterthwaite degrees of freedom); None when either arm
+    has fewer than two runs."""
+    if len(values) < 2 or len(reference) < 2:
+        return None
+    variances = [np.var(arm, ddof=1) / len(arm) for arm in (values, reference)]
+    total = sum(variances)
+    denominator = sum(variance ** 2 / (len(arm) - 1) for variance, arm in zip(variances, (values, reference)))
+    df = total ** 2 / denominator if denominator else len(values) + len(reference) - 2
+    return Difference(WELCH, float(np.mean(values) - np.mean(reference)), math.sqrt(total), df,
+                      f"{len(values)} + {len(reference)}")
+
+
+def holm_adjusted(p_values: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment over one family of comparisons: the k-th smallest p is multiplied by
+    (m - k + 1), and adjusted values never decrease along that order (capped at 1)."""
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(np.argsort(p_values, kind="stable")):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def verdict(difference: Optional[Difference], adjusted_p: Optional[float], reference: str) -> str:
+    """Words that follow the numbers: a difference is 'higher'/'lower' only when significant after Holm, and
+    'equivalent' only when the whole 95% CI lies within the margin; anything else is inconclusive, never 'no
+    difference'."""
+    if difference is None:
+        return "n/a, too few seeds"
+    if adjusted_p < SIGNIFICANCE_LEVEL:
+        return f"{'higher' if difference.mean > 0 else 'lower'} than {reference}"
+    interval = difference.interval
+    if interval is not None and max(abs(bound) for bound in interval) <= EQUIVALENCE_MARGIN:
+        return f"equivalent within ±{100 * max(abs(bound) for bound in interval):.2f} pp"
+    return "inconclusive (not significant)"
