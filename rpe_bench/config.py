@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
 from rpe_bench import launching, pos
+from rpe_bench.coordinates import CoordinateAugmentation
 
 
 class ConfigError(ValueError):
@@ -192,11 +194,10 @@ def validate(cfg) -> None:
         if value is not None and value < 1:
             refuse(f"trainer.{key}={value} must be >= 1 or null")
     augmentation = cfg.pos.coordinate_augmentation
-    for key, smallest in (("shift", 0.0), ("jitter", 1.0), ("rescale", 1.0)):
-        value = augmentation[key]
-        if value is not None and value < smallest:
-            refuse(f"pos.coordinate_augmentation.{key}={value} is out of range: allowed >= {smallest:g}, "
-                   f"or null (off)")
+    try:  # the augmentation checks its own ranges
+        CoordinateAugmentation(augmentation.shift, augmentation.jitter, augmentation.rescale, torch.Generator())
+    except ValueError as error:
+        refuse(str(error))
     for size in dataset.extrapolation_sizes:
         if size % model.patch_size:
             refuse(f"dataset.extrapolation_sizes holds {size}, not a multiple of patch size {model.patch_size}")

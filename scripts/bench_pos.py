@@ -12,7 +12,6 @@ under bf16 autocast too (ratios to fp32 RoPE and to RoPE in bf16).
 import argparse
 import copy
 import json
-import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rpe_bench import pos
+from rpe_bench import pos, provenance
 from rpe_bench.model import VisionTransformer, VitShape
 
 SHAPES = {
@@ -153,7 +152,9 @@ def markdown(results: dict, meta: dict) -> str:
              "Train = forward + backward + AdamW step; inference = eval, `torch.inference_mode()`, STRING bases "
              "folded into W_q/W_k; LieRE and ComRoPE exponentiate their per-token rotations on every forward. "
              "Ratios are to our fp32 RoPE model in the same process; bf16 rows also give their ratio to RoPE "
-             "under bf16.", ""]
+             "under bf16.", "",
+             f"Code: commit {meta['code']['commit']}{' (uncommitted changes)' if meta['code']['dirty'] else ''}; "
+             + ", ".join(f"{name} {version}" for name, version in meta["versions"].items()) + ".", ""]
     for shape, rows in results.items():
         lines += [f"## {shape}", "",
                   "| variant | train ms | train / RoPE | train / RoPE bf16 | inference ms | inference / RoPE "
@@ -185,10 +186,11 @@ def main() -> None:
     results = {label: benchmark_shape(shape, args.batch_size, args.rounds, args.steps, not args.no_timm, device)
                for label, shape in SHAPES.items()}
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
+               else f"{provenance.cpu_model()} ({torch.get_num_threads()} threads)")
     meta = {"machine": machine, "device": str(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-            "rounds": args.rounds, "steps": args.steps, "encodings": pos.available()}
+            "rounds": args.rounds, "steps": args.steps, "encodings": pos.available(),
+            "code": provenance.code_version(), "versions": provenance.library_versions()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     table = markdown(results, meta)
