@@ -158,6 +158,13 @@ def differences_from_reference(runs: list[RunResult], reference_runs: list[RunRe
     return paired or unpaired, unpaired
 
 
+def width_ratio(interval, unpaired_interval) -> Optional[float]:
+    """How wide the paired CI is next to Welch's on the same runs: what pairing bought."""
+    if not interval or not unpaired_interval or unpaired_interval[1] == unpaired_interval[0]:
+        return None
+    return (interval[1] - interval[0]) / (unpaired_interval[1] - unpaired_interval[0])
+
+
 def difference_fields(difference: Optional[Difference], unpaired: Optional[Difference],
                       adjusted_p: Optional[float], words: str) -> dict:
     """The reported test's Δ (final val acc minus rope's), with Welch's unpaired numbers beside it."""
@@ -175,6 +182,8 @@ def difference_fields(difference: Optional[Difference], unpaired: Optional[Diffe
         "final_val_acc_diff_unpaired_ci95_low": unpaired_interval and unpaired_interval[0],
         "final_val_acc_diff_unpaired_ci95_high": unpaired_interval and unpaired_interval[1],
         "final_val_acc_diff_unpaired_min_detectable": unpaired and unpaired.min_detectable,
+        "final_val_acc_diff_ci_width_vs_unpaired": (
+            width_ratio(interval, unpaired_interval) if difference is not unpaired else None),
         "verdict": words,
     }
 

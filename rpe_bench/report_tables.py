@@ -82,8 +82,8 @@ def accuracy_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def difference_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     with_coordinates = shows_coordinates(rows)
     headers = variant_headers(with_coordinates) + [
-        "test", "runs", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "unpaired 95% CI (Welch)", "p", "p (Holm)",
-        "detectable Δ (pp)", "unpaired detectable Δ (pp)", "verdict"]
+        "test", "runs", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "unpaired 95% CI (Welch)",
+        "paired / unpaired CI width", "p", "p (Holm)", "detectable Δ (pp)", "unpaired detectable Δ (pp)", "verdict"]
     cells = []
     for row in rows:
         if row["verdict"] == "reference":
@@ -95,6 +95,7 @@ def difference_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             interval(row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"], tested, signed=True),
             interval(row["final_val_acc_diff_unpaired_ci95_low"], row["final_val_acc_diff_unpaired_ci95_high"],
                      row["final_val_acc_diff_unpaired_min_detectable"] is not None, signed=True),
+            ratio(row["final_val_acc_diff_ci_width_vs_unpaired"]),
             number(row["p_value"], digits=3), number(row["p_value_holm"], digits=3),
             number(row["final_val_acc_diff_min_detectable"], scale=100),
             number(row["final_val_acc_diff_unpaired_min_detectable"], scale=100), row["verdict"],
@@ -135,7 +136,7 @@ def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult
         ("Difference from RoPE",
          f"Δ = final val acc minus rope's, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
          f"listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
-         f"unpaired CI is shown beside for every variant. p (Holm): adjusted over the {comparisons} comparisons "
+         f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. p (Holm): adjusted over the {comparisons} comparisons "
          f"in this report; higher or lower means p (Holm) < {SIGNIFICANCE_LEVEL}. \"Equivalent within ±x\" only "
          f"when the whole 95% CI lies within ±{100 * EQUIVALENCE_MARGIN:g} pp; otherwise a difference that is not "
          f"significant is inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "

@@ -152,9 +152,10 @@ def test_shared_seeds_give_a_paired_t_test_with_scipys_numbers(sweep):
     low, high = paired.confidence_interval(0.95)
     assert (row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"]) == (pytest.approx(low),
                                                                                          pytest.approx(high))
-    low, high = welch.confidence_interval(0.95)
+    welch_low, welch_high = welch.confidence_interval(0.95)
     assert (row["final_val_acc_diff_unpaired_ci95_low"],
-            row["final_val_acc_diff_unpaired_ci95_high"]) == (pytest.approx(low), pytest.approx(high))
+            row["final_val_acc_diff_unpaired_ci95_high"]) == (pytest.approx(welch_low), pytest.approx(welch_high))
+    assert row["final_val_acc_diff_ci_width_vs_unpaired"] == pytest.approx((high - low) / (welch_high - welch_low))
     # The pairing is what finds it: the per-seed differences barely vary, the seeds themselves a lot.
     assert paired.pvalue < 0.01 < 0.5 < welch.pvalue
     assert row["final_val_acc_diff_min_detectable"] < 0.01 < row["final_val_acc_diff_unpaired_min_detectable"]
@@ -170,6 +171,7 @@ def test_unmatched_seeds_fall_back_to_welch(tmp_path):
     assert row["p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
     assert row["final_val_acc_diff_ci95_low"] == pytest.approx(welch.confidence_interval(0.95).low)
     assert row["final_val_acc_diff_ci95_low"] == row["final_val_acc_diff_unpaired_ci95_low"]
+    assert row["final_val_acc_diff_ci_width_vs_unpaired"] is None  # no pairing, nothing gained
 
 
 def test_holm_adjusts_over_every_comparison_in_the_report(sweep):
