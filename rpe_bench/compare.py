@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from rpe_bench import provenance, report_plots, report_tables, report_wandb
 from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, read_result
 from rpe_bench.statistics import (Difference, holm_adjusted, mean_and_std, mean_interval, paired_difference,
-                                  verdict, welch_difference)
+                                  verdict, welch_difference, width_ratio)
 
 log = logging.getLogger("rpe_bench")
 
@@ -156,13 +156,6 @@ def differences_from_reference(runs: list[RunResult], reference_runs: list[RunRe
     values, reference = by_seed(runs), by_seed(reference_runs)
     paired = paired_difference(values, reference) if values is not None and reference is not None else None
     return paired or unpaired, unpaired
-
-
-def width_ratio(interval, unpaired_interval) -> Optional[float]:
-    """How wide the paired CI is next to Welch's on the same runs: what pairing bought."""
-    if not interval or not unpaired_interval or unpaired_interval[1] == unpaired_interval[0]:
-        return None
-    return (interval[1] - interval[0]) / (unpaired_interval[1] - unpaired_interval[0])
 
 
 def difference_fields(difference: Optional[Difference], unpaired: Optional[Difference],

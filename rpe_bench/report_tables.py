@@ -136,10 +136,11 @@ def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult
         ("Difference from RoPE",
          f"Δ = final val acc minus rope's, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
          f"listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
-         f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. p (Holm): adjusted over the {comparisons} comparisons "
-         f"in this report; higher or lower means p (Holm) < {SIGNIFICANCE_LEVEL}. \"Equivalent within ±x\" only "
-         f"when the whole 95% CI lies within ±{100 * EQUIVALENCE_MARGIN:g} pp; otherwise a difference that is not "
-         f"significant is inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "
+         f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. "
+         f"p (Holm): adjusted over the {comparisons} comparisons in this report; higher or lower means p (Holm) < "
+         f"{SIGNIFICANCE_LEVEL}. \"Equivalent within ±x\" only when the whole 95% CI lies within "
+         f"±{100 * EQUIVALENCE_MARGIN:g} pp; otherwise a difference that is not significant is inconclusive, not "
+         f"absent. Detectable Δ: the true difference a two-sided test at "
          f"{SIGNIFICANCE_LEVEL} finds with 80% probability, given these runs' spread.",
          difference_table(rows)),
         ("Resolution extrapolation",

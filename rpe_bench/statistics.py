@@ -33,6 +33,13 @@ def bounded(low: float, high: float, bounds: Tuple[float, float]) -> Interval:
     return (low, high) if bounds[0] <= low and high <= bounds[1] else None
 
 
+def width_ratio(interval: Interval, reference: Interval) -> Optional[float]:
+    """interval's width over reference's: for a paired CI next to Welch's on the same runs, what pairing bought."""
+    if not interval or not reference or reference[1] == reference[0]:
+        return None
+    return (interval[1] - interval[0]) / (reference[1] - reference[0])
+
+
 def t_interval(mean: float, standard_error: float, df: float, bounds: Tuple[float, float]) -> Interval:
     half_width = stats.t.ppf((1 + CONFIDENCE_LEVEL) / 2, df) * standard_error
     return bounded(mean - half_width, mean + half_width, bounds)
