@@ -70,13 +70,38 @@ def collect(device: torch.device, world_size: int, parallel_jobs: int, overrides
     }
 
 
+# What a training segment records of the process that trained it.
+SEGMENT_KEYS = ("code", "versions", "device", "threads", "world_size", "parallel_jobs", "started_utc")
+
+
+def training_segment(provenance: Dict[str, Any], first_epoch: int, last_epoch: int) -> Dict[str, Any]:
+    """Epochs first..last of a run and the process that trained them. A run resumed elsewhere, or finished and
+    then measured again by a later commit, keeps in its record which code trained each of its epochs."""
+    return {"epochs": [first_epoch, last_epoch], **{key: provenance[key] for key in SEGMENT_KEYS},
+            "finished_utc": utc_now()}
+
+
+def unrecorded_segment(last_epoch: int) -> Dict[str, Any]:
+    """Epochs 1..last_epoch of a checkpoint written before checkpoints recorded who trained them."""
+    return {"epochs": [1, last_epoch], "code": None}
+
+
+def _records(item: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A run's own provenance (the process that measured it and wrote its record) and its training segments'."""
+    return [item, *item.get("training", [])]
+
+
 def differences(provenances: List[Optional[Dict[str, Any]]]) -> List[str]:
-    """What differs between the runs' provenance (code commit, dirty tree, a library version, the device),
-    one phrase each; runs recorded without provenance are counted apart."""
+    """What differs between the runs' provenance (code commit, dirty tree, a library version, the device), over
+    the processes that trained them as well as those that measured them, one phrase each; runs (or epochs)
+    recorded without provenance are counted apart."""
     recorded = [item for item in provenances if item and item.get("code")]
     found = []
     if len(recorded) < len(provenances):
         found.append(f"provenance not recorded for {len(provenances) - len(recorded)} of {len(provenances)} runs")
+    partly = sum(any(not part.get("code") for part in _records(item)) for item in recorded)
+    if partly:
+        found.append(f"training provenance not recorded for some epochs of {partly} of {len(provenances)} runs")
     aspects = {
         "code commit": lambda item: item["code"]["commit"] or item["code"]["package_version"],
         "uncommitted changes": lambda item: item["code"]["dirty"],
@@ -85,7 +110,7 @@ def differences(provenances: List[Optional[Dict[str, Any]]]) -> List[str]:
            for name in ("python", *LIBRARIES)},
     }
     for aspect, value_of in aspects.items():
-        values = {str(value_of(item)) for item in recorded}
+        values = {str(value_of(part)) for item in recorded for part in _records(item) if part.get("code")}
         if len(values) > 1:
             found.append(f"{aspect} ({', '.join(sorted(values))})")
     return found

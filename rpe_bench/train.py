@@ -90,6 +90,8 @@ class Resumed:
     history: list[EpochRecord] = field(default_factory=list)
     next_epoch: int = 1
     wandb_run_id: str | None = None
+    # Who trained the epochs before next_epoch (rpe_bench.provenance.training_segment), oldest first.
+    training: list[dict] = field(default_factory=list)
 
 
 def resume(cfg, training: Training, output_dir: Path) -> Resumed:
@@ -104,12 +106,15 @@ def resume(cfg, training: Training, output_dir: Path) -> Resumed:
     restore_rng_state(checkpoint["rng"])
     log.info("resuming from %s after epoch %d", output_dir / CHECKPOINT_NAME, checkpoint["epoch"])
     return Resumed([EpochRecord(**record) for record in checkpoint["history"]], checkpoint["epoch"] + 1,
-                   checkpoint["wandb_run_id"])
+                   checkpoint["wandb_run_id"],
+                   checkpoint.get("training") or [run_provenance.unrecorded_segment(checkpoint["epoch"])])
 
 
-def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path) -> list[EpochRecord]:
-    """The epoch loop from where the folder's checkpoint left off, one checkpoint per epoch."""
-    history = list(resumed.history)
+def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path,
+        provenance: dict) -> tuple[list[EpochRecord], list[dict]]:
+    """The epoch loop from where the folder's checkpoint left off, one checkpoint per epoch: (the history, who
+    trained its epochs)."""
+    history, trained_by = list(resumed.history), list(resumed.training)
     for epoch in range(resumed.next_epoch, cfg.trainer.epochs + 1):
         record = train_epoch(training, cfg, epoch, run, output_dir)
         history.append(record)
@@ -118,20 +123,23 @@ def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path) -> lis
                  "(data %.1f%%, %.0f images/s)", epoch, cfg.trainer.epochs, record.train_loss, record.train_acc,
                  record.val_loss, record.val_acc, record.epoch_seconds,
                  100 * record.data_seconds / record.epoch_seconds, record.images_per_second)
+        trained_by = [*resumed.training, run_provenance.training_segment(provenance, resumed.next_epoch, epoch)]
         if training.processes.is_main:
             save_checkpoint(output_dir, {
                 "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
                 "scheduler": training.scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
                 "history": [dataclasses.asdict(item) for item in history], "wandb_run_id": run.id,
-                "run_identity": run_identity(cfg)})
-    return history
+                "run_identity": run_identity(cfg), "training": trained_by})
+    return history, trained_by
 
 
-def measure(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict) -> RunResult:
+def measure(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict,
+            trained_by: list[dict]) -> RunResult:
     """After training: inference time of the folded model, resolution extrapolation, the run record."""
     timing_images, _ = next(iter(training.test_batches))
     return RunResult.completed(
-        RunConfigRecord.from_cfg(cfg), history, provenance={**provenance, "finished_utc": run_provenance.utc_now()},
+        RunConfigRecord.from_cfg(cfg), history,
+        provenance={**provenance, "finished_utc": run_provenance.utc_now(), "training": trained_by},
         resolved_config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         inference_time_ms_per_batch=inference_ms_per_batch(training.model, timing_images,
                                                            cfg.trainer.inference_timing_batches,
@@ -160,8 +168,8 @@ def train(cfg: DictConfig, output_dir: Path) -> RunResult:
                  cfg.pos.name, cfg.dataset.name, count_parameters(training.model), len(training.train_batches),
                  device, processes.world_size, provenance["threads"])
         with open_wandb_run(cfg, output_dir, resumed.wandb_run_id, provenance, enabled=processes.is_main) as run:
-            history = fit(cfg, training, resumed, run, output_dir)
-            result = measure(cfg, training, test_data, history, provenance)
+            history, trained_by = fit(cfg, training, resumed, run, output_dir, provenance)
+            result = measure(cfg, training, test_data, history, provenance, trained_by)
             log_result(run, result)
         if processes.is_main:
             log.info("results in %s", write_result(output_dir, result))

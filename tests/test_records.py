@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 from rpe_bench import provenance
 from rpe_bench.checkpoint import CHECKPOINT_NAME
@@ -70,6 +71,51 @@ def test_provenance_differences_name_what_differs():
     other = {**base, "code": {**base["code"], "commit": "b"}, "versions": {**base["versions"], "torch": "2.13.0"}}
     assert provenance.differences([base, other, None]) == [
         "provenance not recorded for 1 of 3 runs", "code commit (a, b)", "torch version (2.13.0, 2.14.1)"]
+
+
+def test_differences_count_the_code_that_trained_a_run_as_well_as_the_code_that_measured_it():
+    base = {"code": {"commit": "a", "dirty": False, "package_version": "0.1.0"}, "versions": {"torch": "2.14.1"},
+            "device": {"type": "cpu", "name": "Xeon", "count": 1}}
+    trained_by = lambda commit: {**base, "code": {**base["code"], "commit": commit}, "epochs": [1, 2]}
+    assert provenance.differences([{**base, "training": [trained_by("a")]}] * 2) == []
+    remeasured = {**base, "training": [trained_by("b")]}
+    assert provenance.differences([base, remeasured]) == ["code commit (a, b)"]
+    assert provenance.differences([remeasured]) == ["code commit (a, b)"]
+    assert provenance.differences([{**base, "training": [provenance.unrecorded_segment(1), trained_by("a")]}]) == [
+        "training provenance not recorded for some epochs of 1 of 1 runs"]
+
+
+def edit_checkpoint(folder: Path, edit) -> None:
+    checkpoint = torch.load(folder / CHECKPOINT_NAME, weights_only=True)
+    edit(checkpoint)
+    torch.save(checkpoint, folder / CHECKPOINT_NAME)
+
+
+def test_the_record_names_the_code_that_trained_each_epoch_when_a_run_is_resumed_or_measured_again(
+        monkeypatch, tmp_path):
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=1")
+    first = read_results(tmp_path)["provenance"]
+    (segment,) = first["training"]
+    assert segment["epochs"] == [1, 1]
+    assert {key: segment[key] for key in provenance.SEGMENT_KEYS} == {key: first[key] for key in provenance.SEGMENT_KEYS}
+    # As if epoch 1 had been trained by another commit: a second epoch, then the finished run measured again.
+    edit_checkpoint(tmp_path, lambda checkpoint: checkpoint["training"][0]["code"].update(commit="0123abc"))
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2")
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2")
+    record = read_results(tmp_path)["provenance"]
+    assert [(item["epochs"], item["code"]["commit"]) for item in record["training"]] == [
+        ([1, 1], "0123abc"), ([2, 2], first["code"]["commit"])]
+    assert f"code commit (0123abc, {first['code']['commit']})" in provenance.differences([record])
+
+
+def test_a_checkpoint_from_before_training_provenance_is_marked_unrecorded(monkeypatch, tmp_path):
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=1")
+    edit_checkpoint(tmp_path, lambda checkpoint: checkpoint.pop("training"))
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2")
+    record = read_results(tmp_path)["provenance"]
+    assert [item["epochs"] for item in record["training"]] == [[1, 1], [2, 2]]
+    assert record["training"][0]["code"] is None
+    assert provenance.differences([record]) == ["training provenance not recorded for some epochs of 1 of 1 runs"]
 
 
 def train_process(*overrides: str, **kwargs) -> subprocess.CompletedProcess:
