@@ -86,7 +86,7 @@ def unrecorded_segment(last_epoch: int) -> Dict[str, Any]:
     return {"epochs": [1, last_epoch], "code": None}
 
 
-def _records(item: Dict[str, Any]) -> List[Dict[str, Any]]:
+def _processes(item: Dict[str, Any]) -> List[Dict[str, Any]]:
     """A run's own provenance (the process that measured it and wrote its record) and its training segments'."""
     return [item, *item.get("training", [])]
 
@@ -99,7 +99,7 @@ def differences(provenances: List[Optional[Dict[str, Any]]]) -> List[str]:
     found = []
     if len(recorded) < len(provenances):
         found.append(f"provenance not recorded for {len(provenances) - len(recorded)} of {len(provenances)} runs")
-    partly = sum(any(not part.get("code") for part in _records(item)) for item in recorded)
+    partly = sum(any(not part.get("code") for part in _processes(item)) for item in recorded)
     if partly:
         found.append(f"training provenance not recorded for some epochs of {partly} of {len(provenances)} runs")
     aspects = {
@@ -110,7 +110,7 @@ def differences(provenances: List[Optional[Dict[str, Any]]]) -> List[str]:
            for name in ("python", *LIBRARIES)},
     }
     for aspect, value_of in aspects.items():
-        values = {str(value_of(part)) for item in recorded for part in _records(item) if part.get("code")}
+        values = {str(value_of(part)) for item in recorded for part in _processes(item) if part.get("code")}
         if len(values) > 1:
             found.append(f"{aspect} ({', '.join(sorted(values))})")
     return found
