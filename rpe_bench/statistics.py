@@ -132,14 +132,22 @@ def holm_adjusted(p_values: Sequence[float]) -> List[float]:
 
 
 def verdict(difference: Optional[Difference], adjusted_p: Optional[float], reference: str) -> str:
-    """Words that follow the numbers: a difference is 'higher'/'lower' only when significant after Holm, and
-    'equivalent' only when the whole 95% CI lies within the margin; anything else is inconclusive, never 'no
-    difference'."""
+    """Words that follow the numbers: a difference is 'higher'/'lower' when significant after Holm, 'higher'/
+    'lower' 'before Holm's correction only' when the 95% CI excludes 0 but the adjusted p does not, and
+    'equivalent' only when the whole 95% CI lies within the margin and includes 0; anything else is inconclusive,
+    never 'no difference'. A lead before the correction adds its bound ('by at most x pp') when the interval
+    lies within the margin: the difference may be nothing after the correction, and is small either way."""
     if difference is None:
         return "n/a, too few seeds"
+    direction = f"{'higher' if difference.mean > 0 else 'lower'} than {reference}"
     if adjusted_p < SIGNIFICANCE_LEVEL:
-        return f"{'higher' if difference.mean > 0 else 'lower'} than {reference}"
+        return direction
     interval = difference.interval
-    if interval is not None and max(abs(bound) for bound in interval) <= EQUIVALENCE_MARGIN:
-        return f"equivalent within ±{100 * max(abs(bound) for bound in interval):.2f} pp"
+    bound = None if interval is None else max(abs(end) for end in interval)
+    within_margin = bound is not None and bound <= EQUIVALENCE_MARGIN
+    if difference.p_value < SIGNIFICANCE_LEVEL:
+        return f"{direction} before Holm's correction only" + (f", by at most {100 * bound:.2f} pp"
+                                                                if within_margin else "")
+    if within_margin:
+        return f"equivalent within ±{100 * bound:.2f} pp"
     return "inconclusive (not significant)"

@@ -222,6 +222,24 @@ def test_not_significant_and_wide_is_inconclusive(tmp_path):
     assert row["verdict"] == "inconclusive (not significant)"
 
 
+@pytest.mark.parametrize("per_seed, adjusted_p, expected", [
+    # Ahead on every seed, CI [+0.30, +0.87] (MNIST's LieRE): the CI excludes 0, Holm's p does not; it says both.
+    ([0.0071, 0.0054, 0.0080, 0.0065, 0.0021], 0.056,
+     "higher than rope before Holm's correction only, by at most 0.87 pp"),
+    ([0.0075, 0.0113, 0.0113, 0.0060, 0.0041], 0.056, "higher than rope before Holm's correction only"),
+    ([-0.0743, -0.0519, -0.0751], 0.139, "lower than rope before Holm's correction only"),
+    ([-0.0019, 0.0050, 0.0021, 0.0024, 0.0046], 0.94, "equivalent within ±0.59 pp"),
+    ([0.0075, 0.0113, 0.0113, 0.0060, 0.0041], 0.03, "higher than rope"),
+])
+def test_a_ci_that_excludes_zero_is_not_called_equivalent(per_seed, adjusted_p, expected):
+    reference = {seed: 0.95 for seed in range(len(per_seed))}
+    difference = statistics.paired_difference({seed: 0.95 + delta for seed, delta in enumerate(per_seed)},
+                                              reference)
+    low, high = difference.interval
+    assert (low > 0 or high < 0) == (difference.p_value < 0.05)
+    assert statistics.verdict(difference, adjusted_p, "rope") == expected
+
+
 def test_an_interval_outside_0_to_100_reads_too_few_seeds(tmp_path):
     # Two seeds far apart: the t interval of the mean, 0.5 ± 12.7 * 0.45, would reach far below 0 and above 1.
     folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.05, 0.95]})
