@@ -1,7 +1,8 @@
 """`python -m rpe_bench.compare DIR...`: tables, plots and one HTML page comparing the runs under DIR.
 
 Every completed run's `results.json` (schema in docs/design.md) is grouped by (dataset, position encoding,
-sparsity f, coordinates); each group is compared with the `rope` group of the same dataset and coordinates, on
+sparsity f, coordinates, the encoding's other options); each group is compared with the `rope` group of the same
+dataset and coordinates (with several, the one with the same options), on
 final val acc: paired over the seeds both ran, Welch's test where no two seeds match (rpe_bench.statistics).
 Failed runs are listed, not counted. This module reads the runs and computes the rows; report_tables writes
 them, report_plots draws them and report_wandb puts them on the W&B dashboard.
@@ -66,20 +67,37 @@ class VariantKey(NamedTuple):
     pos_variant: str
     f_sparse: Optional[float]
     coordinates: str
+    options: str = ""  # the encoding's options but f, as "name=value, ..."; "" where the record has none
+
+
+def encoding_options(result: RunResult) -> str:
+    """`pos.options` of the run's resolved config but the sparsity f (a column of its own): a sweep over, say,
+    LieRE's block size gives one row per value instead of pooling them. Records without it give ""."""
+    options = ((result.resolved_config or {}).get("pos") or {}).get("options") or {}
+    return ", ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                     for name, value in sorted(options.items()) if name != "f")
 
 
 def variant_key(result: RunResult) -> VariantKey:
     config = result.config
-    return VariantKey(dataset_display_name(config), config.pos_variant, config.f_sparse, config.coordinates)
+    return VariantKey(dataset_display_name(config), config.pos_variant, config.f_sparse, config.coordinates,
+                      encoding_options(result))
 
 
-def reference_key(key: VariantKey) -> VariantKey:
-    return key._replace(pos_variant=REFERENCE_POS, f_sparse=None)
+def reference_key(key: VariantKey, keys) -> Optional[VariantKey]:
+    """The rope group `key` is compared with: the one of its dataset and coordinates, or, where runs of rope
+    differ in options, the one whose options equal `key`'s (None if there is no such group)."""
+    candidates = [candidate for candidate in keys if candidate.pos_variant == REFERENCE_POS
+                  and candidate.dataset_display_name == key.dataset_display_name
+                  and candidate.coordinates == key.coordinates]
+    if len(candidates) == 1:
+        return candidates[0]
+    return next((candidate for candidate in candidates if candidate.options == key.options), None)
 
 
 def variant_sort_key(key: VariantKey) -> tuple:
     return (key.dataset_display_name, key.pos_variant != REFERENCE_POS, key.pos_variant,
-            -1.0 if key.f_sparse is None else key.f_sparse, key.coordinates)
+            -1.0 if key.f_sparse is None else key.f_sparse, key.coordinates, key.options)
 
 
 def runs_by_variant(results: list[RunResult]) -> dict[VariantKey, list[RunResult]]:
@@ -118,8 +136,13 @@ def by_seed(runs: list[RunResult]) -> Optional[dict[int, float]]:
     return values if len(values) == len(runs) else None
 
 
-def variant_label(key: VariantKey, show_coordinates: bool) -> str:
-    label = key.pos_variant if key.f_sparse is None else f"{key.pos_variant} f={key.f_sparse:g}"
+def pos_label(key: VariantKey, show_options: bool) -> str:
+    return f"{key.pos_variant} ({key.options})" if show_options and key.options else key.pos_variant
+
+
+def variant_label(key: VariantKey, show_coordinates: bool, show_options: bool) -> str:
+    label = pos_label(key, show_options)
+    label = label if key.f_sparse is None else f"{label} f={key.f_sparse:g}"
     return f"{label} ({key.coordinates})" if show_coordinates else label
 
 
@@ -194,12 +217,20 @@ def extrapolation_statistics(runs: list[RunResult], sizes: list[str]) -> dict:
 def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]) -> dict[VariantKey, dict]:
     """One row per variant; None where a number cannot be computed. Holm's correction runs over every
     comparison with RoPE in the report, across datasets."""
-    differences = {key: differences_from_reference(runs, groups[reference_key(key)])
+    references = {key: reference_key(key, groups) for key in groups}
+    differences = {key: differences_from_reference(runs, groups[references[key]])
                    for key, runs in groups.items()
-                   if key.pos_variant != REFERENCE_POS and reference_key(key) in groups}
+                   if key.pos_variant != REFERENCE_POS and references[key] is not None}
     tested = [key for key, (difference, _) in differences.items() if difference is not None]
     adjusted = dict(zip(tested, holm_adjusted([differences[key][0].p_value for key in tested])))
     show_coordinates = len({key.coordinates for key in groups}) > 1
+    # An encoding's options are named only where its runs differ in them.
+    option_sets = defaultdict(set)
+    for key in groups:
+        option_sets[key.dataset_display_name, key.pos_variant].add(key.options)
+    def show_options(key: VariantKey) -> bool:
+        return len(option_sets[key.dataset_display_name, key.pos_variant]) > 1
+
     rows = {}
     for key, runs in groups.items():
         if key.pos_variant == REFERENCE_POS:
@@ -212,8 +243,10 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
         rows[key] = {
             "dataset": runs[0].config.dataset, "dataset_display_name": key.dataset_display_name,
             "pos_variant": key.pos_variant, "f_sparse": key.f_sparse, "coordinates": key.coordinates,
-            "variant": variant_label(key, show_coordinates),
-            **accuracy_and_cost(runs), **cost_vs_reference(runs, groups.get(reference_key(key), [])),
+            "pos_options": key.options or None,
+            "pos_label": pos_label(key, show_options(key)),
+            "variant": variant_label(key, show_coordinates, show_options(key)),
+            **accuracy_and_cost(runs), **cost_vs_reference(runs, groups.get(references[key], [])),
             **difference_fields(difference, unpaired, adjusted.get(key), words),
             **extrapolation_statistics(runs, sizes),
         }

@@ -56,7 +56,7 @@ def shows_coordinates(rows: list[dict]) -> bool:
 
 
 def variant_cells(row: dict, with_coordinates: bool) -> list[str]:
-    cells = [row["dataset_display_name"], row["pos_variant"], sparsity(row["f_sparse"])]
+    cells = [row["dataset_display_name"], row["pos_label"], sparsity(row["f_sparse"])]
     return cells + [row["coordinates"]] if with_coordinates else cells
 
 

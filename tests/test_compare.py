@@ -274,6 +274,48 @@ def test_coordinates_label_the_rows_when_runs_differ_in_them(tmp_path):
     assert "| dataset | pos | f | coordinates | seeds |" in markdown
 
 
+def with_options(record: dict, **options) -> dict:
+    return {**record, "resolved_config": {**record["resolved_config"], "pos": {"options": options}}}
+
+
+def test_runs_that_differ_in_an_encodings_options_are_rows_of_their_own(tmp_path):
+    # A sweep over LieRE's block size: pooled, its seeds would repeat and the two settings would read as one.
+    rope = [run_record("rope", None, seed, acc) for seed, acc in enumerate([0.90, 0.93, 0.87])]
+    liere = [with_options(run_record("liere", None, seed, acc), block_size=size, rope_base=10.0)
+             for size, accuracies in [(4, [0.91, 0.94, 0.88]), (8, [0.92, 0.95, 0.89])]
+             for seed, acc in enumerate(accuracies)]
+    folder = write_runs(tmp_path / "sweep", rope + liere)
+    rows = {row["variant"]: row for row in summarize(collect_results([folder]))}
+    assert set(rows) == {"rope", "liere (block_size=4, rope_base=10)", "liere (block_size=8, rope_base=10)"}
+    assert rows["liere (block_size=4, rope_base=10)"]["final_val_acc_diff"] == pytest.approx(0.01)
+    assert rows["liere (block_size=8, rope_base=10)"]["final_val_acc_diff"] == pytest.approx(0.02)
+    assert rows["liere (block_size=8, rope_base=10)"]["test"] == statistics.PAIRED
+    lines = table_lines(write_report([folder], folder).page.with_name("comparison.md").read_text(),
+                        "Difference from RoPE")
+    assert set(lines) == {"liere (block_size=4, rope_base=10) | -", "liere (block_size=8, rope_base=10) | -"}
+
+
+def test_options_that_every_run_shares_stay_out_of_the_labels(sweep):
+    folder = write_runs(sweep.parent / "with_options", [
+        with_options(run_record(pos, f, seed, acc), rope_base=100.0)
+        for (pos, f), accuracies in VAL_ACC.items() for seed, acc in enumerate(accuracies)])
+    rows = summarize(collect_results([folder]))
+    assert [row["variant"] for row in rows] == [row["variant"] for row in summarize(collect_results([sweep]))]
+    assert {row["pos_options"] for row in rows} == {"rope_base=100"}
+
+
+def test_with_several_rope_settings_each_variant_meets_the_one_with_its_options(tmp_path):
+    records = [with_options(run_record(pos, None, seed, base_acc + offset), rope_base=base)
+               for pos, offset in [("rope", 0.0), ("circulant", 0.01)]
+               for base, base_acc in [(10.0, 0.80), (100.0, 0.90)] for seed in range(3)]
+    records[3]["final_val_acc"] = 0.905  # rope at base 100, seed 0: the two rope settings must not be pooled
+    folder = write_runs(tmp_path / "sweep", records)
+    rows = {row["variant"]: row for row in summarize(collect_results([folder]))}
+    assert rows["circulant (rope_base=10)"]["final_val_acc_diff"] == pytest.approx(0.01)
+    assert rows["circulant (rope_base=100)"]["final_val_acc_diff_per_seed"] == pytest.approx(
+        {0: 0.005, 1: 0.01, 2: 0.01})
+
+
 def test_provenance_differences_are_one_warning_line(tmp_path):
     newer = {**PROVENANCE, "versions": {**PROVENANCE["versions"], "torch": "2.15.0"}}
     same = write_runs(tmp_path / "same", [run_record("rope", None, seed, 0.9, provenance=PROVENANCE)
