@@ -228,9 +228,7 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
     option_sets = defaultdict(set)
     for key in groups:
         option_sets[key.dataset_display_name, key.pos_variant].add(key.options)
-    def show_options(key: VariantKey) -> bool:
-        return len(option_sets[key.dataset_display_name, key.pos_variant]) > 1
-
+    show_options = {key: len(option_sets[key.dataset_display_name, key.pos_variant]) > 1 for key in groups}
     rows = {}
     for key, runs in groups.items():
         if key.pos_variant == REFERENCE_POS:
@@ -244,8 +242,8 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             "dataset": runs[0].config.dataset, "dataset_display_name": key.dataset_display_name,
             "pos_variant": key.pos_variant, "f_sparse": key.f_sparse, "coordinates": key.coordinates,
             "pos_options": key.options or None,
-            "pos_label": pos_label(key, show_options(key)),
-            "variant": variant_label(key, show_coordinates, show_options(key)),
+            "pos_label": pos_label(key, show_options[key]),
+            "variant": variant_label(key, show_coordinates, show_options[key]),
             **accuracy_and_cost(runs), **cost_vs_reference(runs, groups.get(references[key], [])),
             **difference_fields(difference, unpaired, adjusted.get(key), words),
             **extrapolation_statistics(runs, sizes),

@@ -140,8 +140,8 @@ def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult
          f"p (Holm): adjusted over the {comparisons} comparisons in this report; higher or lower means p (Holm) < "
          f"{SIGNIFICANCE_LEVEL}, and \"before Holm's correction only\" that the 95% CI excludes 0 but the "
          f"adjusted p does not. \"Equivalent within ±x\" only when the whole 95% CI lies within "
-         f"±{100 * EQUIVALENCE_MARGIN:g} pp and includes 0; otherwise a difference that is not significant is inconclusive, not "
-         f"absent. Detectable Δ: the true difference a two-sided test at "
+         f"±{100 * EQUIVALENCE_MARGIN:g} pp and includes 0; otherwise a difference that is not significant is "
+         f"inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "
          f"{SIGNIFICANCE_LEVEL} finds with 80% probability, given these runs' spread.",
          difference_table(rows)),
         ("Resolution extrapolation",
