@@ -47,15 +47,27 @@ def save_checkpoint(folder: Path, state: dict) -> Path:
     return path
 
 
+# What resuming reads from a checkpoint; a file without them is as unusable as a truncated one.
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "wandb_run_id")
+
+
 def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
-    """The latest checkpoint in `folder`, or None when there is none."""
+    """The latest checkpoint in `folder`, or None when there is none. A damaged one raises CheckpointError with
+    one line saying what to do; nothing in the folder is changed."""
     path = Path(folder) / CHECKPOINT_NAME
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        problem = None if isinstance(checkpoint, dict) else f"holds a {type(checkpoint).__name__}, not a checkpoint"
+        missing = [] if problem else [key for key in REQUIRED_KEYS if key not in checkpoint]
+        problem = problem or (f"lacks {', '.join(missing)}" if missing else None)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        previous = Path(folder) / PREVIOUS_NAME
-        keep = (f"; the previous good checkpoint is kept at {previous}: move {path.name} away to resume from it"
-                if previous.exists() else "")
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}){keep}") from None
+        problem = f"is truncated or not a checkpoint ({type(error).__name__})"
+    if problem is None:
+        return checkpoint
+    previous = Path(folder) / PREVIOUS_NAME
+    earlier = (f", or move it aside and rename {previous.name} (the epoch before) to {path.name} to resume from "
+               f"there" if previous.exists() else "")
+    raise CheckpointError(f"checkpoint {path} {problem}: restore it, or move it aside (mv {path} "
+                          f"{path}.damaged) to start this run over{earlier}")

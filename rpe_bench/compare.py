@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from rpe_bench import provenance, report_plots, report_tables, report_wandb
+from rpe_bench import cost, provenance, report_plots, report_tables, report_wandb
 from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, read_result
 from rpe_bench.statistics import (Difference, holm_adjusted, mean_and_std, mean_interval, paired_difference,
                                   verdict, welch_difference, width_ratio)
@@ -113,9 +113,25 @@ def failed_runs(results: list[RunResult]) -> list[RunResult]:
     return [result for result in results if not result.is_completed]
 
 
+def report_unreadable(results: list[RunResult]) -> None:
+    """Names on stderr every results.json the report could not read: the report lists them too, but a sweep's
+    last lines must not hide that a run is missing from its table."""
+    for result in results:
+        if result.is_unreadable:
+            print(f"warning: left out of the report, could not read {Path(result.folder) / RESULTS_FILE} "
+                  f"({result.error.removeprefix(f'unreadable {RESULTS_FILE}: ')}); rerun that job to replace it",
+                  file=sys.stderr, flush=True)
+
+
 def extrapolation_sizes(results: list[RunResult]) -> list[str]:
     sizes = {size for result in results if result.is_completed for size in result.extrapolation}
     return sorted(sizes, key=int)
+
+
+def jobs_logger(results: list[RunResult]) -> Optional[dict]:
+    """The W&B settings the jobs ran with (the first completed run's), or None for records without them."""
+    return next((result.resolved_config["logger"] for result in results
+                 if result.is_completed and (result.resolved_config or {}).get("logger")), None)
 
 
 def provenance_warning(results: list[RunResult]) -> Optional[str]:
@@ -156,20 +172,40 @@ def accuracy_and_cost(runs: list[RunResult]) -> dict:
         "seeds": len(runs), "final_val_acc_mean": accuracy_mean, "final_val_acc_std": accuracy_std,
         "final_val_acc_ci95_low": interval and interval[0], "final_val_acc_ci95_high": interval and interval[1],
         "best_val_acc_mean": best_mean, "best_val_acc_std": best_std,
+        # Wall time in the sweep, beside whatever else ran: in the record, not a cost measure.
         "avg_epoch_time_sec_mean": time_mean, "avg_epoch_time_sec_std": time_std,
         "inference_time_ms_per_batch_mean": mean_and_std(column(runs, "inference_time_ms_per_batch"))[0],
         "num_parameters": round(mean_and_std(column(runs, "num_parameters"))[0]),
     }
 
 
-def cost_vs_reference(runs: list[RunResult], reference_runs: list[RunResult]) -> dict:
-    def ratio_of_means(field: str) -> Optional[float]:
-        if not reference_runs:
-            return None
-        return mean_and_std(column(runs, field))[0] / mean_and_std(column(reference_runs, field))[0]
+def variant_fields(key: VariantKey) -> dict:
+    """A variant as cost.json names it."""
+    return {"dataset_display_name": key.dataset_display_name, "pos_variant": key.pos_variant,
+            "f_sparse": key.f_sparse, "coordinates": key.coordinates, "pos_options": key.options}
 
-    return {"avg_epoch_time_sec_vs_rope": ratio_of_means("avg_epoch_time_sec"),
-            "inference_time_ms_per_batch_vs_rope": ratio_of_means("inference_time_ms_per_batch")}
+
+def measure_cost(groups: dict[VariantKey, list[RunResult]], seconds_per_variant: float) -> dict:
+    """cost.json's record for the variants whose runs recorded their resolved config (the model to build)."""
+    configs = {key: runs[0].resolved_config for key, runs in groups.items()
+               if (runs[0].resolved_config or {}).get("model")}
+    references = {key: reference_key(key, configs) for key in configs}
+    costs = cost.measure_variants(configs, references, seconds_per_variant)
+    return cost.measurement_record([{**variant_fields(key), **costs[key]} for key in configs])
+
+
+def costs_by_variant(measurement: Optional[dict]) -> dict[VariantKey, dict]:
+    if measurement is None:
+        return {}
+    return {VariantKey(item["dataset_display_name"], item["pos_variant"], item["f_sparse"], item["coordinates"],
+                       item["pos_options"]): item for item in measurement["variants"]}
+
+
+def cost_fields(measured: Optional[dict]) -> dict:
+    """The measured cost columns (cost.json); None where this variant was not measured."""
+    measured = measured or {}
+    return {name: measured.get(name) for name in ("train_step_ms", "train_step_vs_rope", "inference_ms",
+                                                  "inference_vs_rope")}
 
 
 def differences_from_reference(runs: list[RunResult], reference_runs: list[RunResult]
@@ -214,9 +250,11 @@ def extrapolation_statistics(runs: list[RunResult], sizes: list[str]) -> dict:
     return row
 
 
-def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]) -> dict[VariantKey, dict]:
+def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str],
+                     costs: Optional[dict[VariantKey, dict]] = None) -> dict[VariantKey, dict]:
     """One row per variant; None where a number cannot be computed. Holm's correction runs over every
-    comparison with RoPE in the report, across datasets."""
+    comparison with RoPE in the report, across datasets. `costs`: the measured costs (costs_by_variant)."""
+    costs = costs or {}
     references = {key: reference_key(key, groups) for key in groups}
     differences = {key: differences_from_reference(runs, groups[references[key]])
                    for key, runs in groups.items()
@@ -244,7 +282,7 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             "pos_options": key.options or None,
             "pos_label": pos_label(key, show_options[key]),
             "variant": variant_label(key, show_coordinates, show_options[key]),
-            **accuracy_and_cost(runs), **cost_vs_reference(runs, groups.get(references[key], [])),
+            **accuracy_and_cost(runs), **cost_fields(costs.get(key)),
             **difference_fields(difference, unpaired, adjusted.get(key), words),
             **extrapolation_statistics(runs, sizes),
         }
@@ -265,13 +303,17 @@ class Report:
     warning: Optional[str]
 
 
-def render_report(results: list[RunResult], dirs, output) -> Report:
-    """comparison.md, comparison.csv, the plots and report.html in `output`."""
+def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: Optional[float] = None) -> Report:
+    """comparison.md, comparison.csv, the plots and report.html in `output`. The cost columns come from
+    `output`/cost.json, measured anew first when `measure_cost_seconds` (per variant) is given."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     groups = runs_by_variant(results)
     sizes = extrapolation_sizes(results)
-    rows_by_key = summarize_groups(groups, sizes)
+    cost_path = output / cost.COST_FILE
+    if measure_cost_seconds is not None and groups:
+        cost.write_measurement(cost_path, measure_cost(groups, measure_cost_seconds))
+    rows_by_key = summarize_groups(groups, sizes, costs_by_variant(cost.read_measurement(cost_path)))
     rows = list(rows_by_key.values())
     curves = [(rows_by_key[key], runs) for key, runs in groups.items()]
     plots = report_plots.write_plots(rows, curves, output)
@@ -283,8 +325,8 @@ def render_report(results: list[RunResult], dirs, output) -> Report:
     return Report(output / REPORT_NAME, rows, plots, warning)
 
 
-def write_report(dirs, output) -> Report:
-    return render_report(collect_results(dirs), dirs, output)
+def write_report(dirs, output, measure_cost_seconds: Optional[float] = None) -> Report:
+    return render_report(collect_results(dirs), dirs, output, measure_cost_seconds)
 
 
 class ComparisonReportCallback(Callback):
@@ -293,18 +335,25 @@ class ComparisonReportCallback(Callback):
     job failed, ends the sweep with exit status 1, so that a shell, CI or scheduler sees the failure the report
     lists."""
 
+    def __init__(self, measure_cost: bool = True, cost_seconds_per_variant: float = 3.0) -> None:
+        self.cost_seconds = cost_seconds_per_variant if measure_cost else None
+
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         results, report = [], None
         # A report problem must never fail a sweep whose runs are already done.
         try:
             results = collect_results([sweep_dir])
-            report = render_report(results, [sweep_dir], sweep_dir)
+            try:
+                report = render_report(results, [sweep_dir], sweep_dir, self.cost_seconds)
+            except Exception:
+                log.exception("could not measure the encodings' cost; the report is written without it")
+                report = render_report(results, [sweep_dir], sweep_dir)
         except Exception:
             log.exception("could not write the comparison report")
         if report is not None:
             try:
-                run_dir = report_wandb.log_report_run(config, report)
+                run_dir = report_wandb.log_report_run(config.logger, sweep_dir, report)
                 if run_dir is not None:
                     log.info("comparison on W&B: run %s", run_dir)
             except Exception:
@@ -316,6 +365,7 @@ class ComparisonReportCallback(Callback):
         if report is not None:
             print(report_tables.terminal_summary(report.rows, report.warning))
             print(f"report: {report.page}", flush=True)
+        report_unreadable(results)
         if failures:
             # Hydra turns a callback's exceptions into warnings; SystemExit is no Exception and reaches the shell.
             sys.exit(1)
@@ -325,15 +375,35 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rpe_bench.compare", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run or sweep folders holding results.json files")
     parser.add_argument("--output", type=Path, help="report folder (default: the single DIR given)")
+    parser.add_argument("--measure-cost", action="store_true",
+                        help="measure every variant's train step and inference anew (interleaved in this process) "
+                             "and rewrite cost.json; otherwise the report reads the cost.json it finds")
+    parser.add_argument("--cost-seconds", type=float, default=3.0, metavar="S",
+                        help="with --measure-cost: about S seconds of timing per variant (default 3)")
+    parser.add_argument("--no-wandb", action="store_true",
+                        help="leave W&B alone (by default a single sweep folder's report run is resumed, in the "
+                             "jobs' W&B mode)")
     args = parser.parse_args(argv)
     if args.output is None and len(args.dirs) > 1:
         parser.error("--output is required with more than one DIR")
     try:
-        report = write_report(args.dirs, args.output or args.dirs[0])
+        results = collect_results(args.dirs)
     except ResultsNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        report = render_report(results, args.dirs, args.output or args.dirs[0],
+                               args.cost_seconds if args.measure_cost else None)
+    except cost.CostFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logger = jobs_logger(results) if len(args.dirs) == 1 and not args.no_wandb else None
+    if logger is not None:
+        run_dir = report_wandb.log_report_run(logger, Path(args.dirs[0]), report)
+        if run_dir is not None:
+            print(f"comparison on W&B: run {run_dir}")
     print(f"report: {report.page} (tables and plots in {report.page.parent})")
+    report_unreadable(results)
     return 0
 
 

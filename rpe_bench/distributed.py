@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rpe_bench.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -25,6 +27,14 @@ def from_environment() -> Processes:
     """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; a plain `python -m` run is one process."""
     return Processes(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                      int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is available: allowed here are auto, cpu")
+    return torch.device(requested)
 
 
 def start(processes: Processes, device: torch.device) -> None:

@@ -67,14 +67,15 @@ def variant_headers(with_coordinates: bool) -> list[str]:
 def accuracy_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     with_coordinates = shows_coordinates(rows)
     headers = variant_headers(with_coordinates) + [
-        "seeds", "val acc % (mean ± std)", "95% CI", "best val acc %", "train s/epoch", "inference ms/batch",
-        "parameters", "train time vs RoPE", "inference vs RoPE"]
+        "seeds", "val acc % (mean ± std)", "95% CI", "best val acc %", "parameters", "train step vs RoPE",
+        "inference vs RoPE", "train step ms", "inference ms", "wall s/epoch", "wall inference ms/batch"]
     cells = [variant_cells(row, with_coordinates) + [
         str(row["seeds"]), plus_minus(row["final_val_acc_mean"], row["final_val_acc_std"], scale=100),
         interval(row["final_val_acc_ci95_low"], row["final_val_acc_ci95_high"]), percent(row["best_val_acc_mean"]),
+        f"{row['num_parameters']:,}", ratio(row["train_step_vs_rope"]), ratio(row["inference_vs_rope"]),
+        number(row["train_step_ms"]), number(row["inference_ms"]),
         plus_minus(row["avg_epoch_time_sec_mean"], row["avg_epoch_time_sec_std"]),
-        number(row["inference_time_ms_per_batch_mean"]), f"{row['num_parameters']:,}",
-        ratio(row["avg_epoch_time_sec_vs_rope"]), ratio(row["inference_time_ms_per_batch_vs_rope"]),
+        number(row["inference_time_ms_per_batch_mean"]),
     ] for row in rows]
     return headers, cells
 
@@ -130,8 +131,11 @@ def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult
     return [
         ("Validation accuracy and cost",
          "Final val acc over seeds; 95% CI from Student's t (\"too few seeds\" where it would reach outside "
-         "[0, 100]). Seconds per epoch and inference: mean over seeds; \"vs RoPE\": the ratio to the rope runs of "
-         "the same dataset.",
+         "[0, 100]). Cost: median ms of one train step and one inference pass (STRING bases folded), every "
+         "variant timed round by round in one process on one batch of the runs' shape (cost.json, with where and "
+         "when it was measured); \"vs RoPE\": the ratio to rope timed beside it; \"-\": not measured "
+         "(python -m rpe_bench.compare DIR --measure-cost). Wall s/epoch and wall inference: mean over seeds of "
+         "what each run recorded beside the other jobs of its sweep, not a cost measure.",
          accuracy_table(rows)),
         ("Difference from RoPE",
          f"Δ = final val acc minus rope's, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
@@ -228,15 +232,21 @@ def difference_with_interval(row: dict) -> str:
     return f"{signed_points(row['final_val_acc_diff'])} {bounds} {row['test']}"
 
 
+def measured_cost(row: dict) -> str:
+    if row["train_step_vs_rope"] is None:
+        return "not measured"
+    return f"{ratio(row['train_step_vs_rope'])} / {ratio(row['inference_vs_rope'])}"
+
+
 def terminal_summary(rows: list[dict], warning: Optional[str]) -> str:
     """The short table a sweep ends with: each variant's accuracy, its difference from RoPE and its time."""
     several_datasets = len({row["dataset_display_name"] for row in rows}) > 1
     table = [(["dataset"] if several_datasets else []) +
-             ["variant", "val acc % (mean ± 95% CI)", "Δ vs rope, pp (95% CI)", "time vs rope"]]
+             ["variant", "val acc % (mean ± 95% CI)", "Δ vs rope, pp (95% CI)", "cost vs rope (train / inference)"]]
     for row in rows:
         table.append(([row["dataset_display_name"]] if several_datasets else []) + [
             row["variant"], accuracy_with_interval(row), difference_with_interval(row),
-            ratio(row["avg_epoch_time_sec_vs_rope"])])
+            measured_cost(row)])
     widths = [max(len(line[index]) for line in table) for index in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     return "\n".join(([f"Warning: {warning}"] if warning else []) + lines)

@@ -14,6 +14,8 @@ from rpe_bench.files import atomic_write
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
+# A completed run that a failed continuation replaced (more epochs that diverged, say): kept, never counted.
+PREVIOUS_RESULTS_FILE = "results-previous.json"
 COMPLETED, FAILED = "completed", "failed"
 
 
@@ -113,6 +115,11 @@ class RunResult:
     @property
     def is_completed(self) -> bool:
         return self.status == COMPLETED
+
+    @property
+    def is_unreadable(self) -> bool:
+        """Read from a damaged file (cut off mid-write, not JSON, not a record): only its folder is known."""
+        return self.config is None
 
     def summary(self) -> Dict[str, Any]:
         """The W&B summary: the scalar fields under their results.json names."""

@@ -17,6 +17,30 @@ class RunFolderRefused(ConfigError):
     """The folder holds another run: nothing in it may be touched (no failure record, no clean-up)."""
 
 
+class RunFolderInUse(RunFolderRefused):
+    """A live run holds the folder: not even a snapshot of it may be put back, as that run is writing there."""
+
+
+def live_run_refusal(folder: Path, holder: str) -> RunFolderInUse:
+    return RunFolderInUse(f"run folder {folder} is in use by a live run (process {holder or 'unknown'}); "
+                            f"wait for it to finish or choose another hydra.run.dir")
+
+
+def refuse_if_live(folder: Path) -> None:
+    """Raises RunFolderRefused when a live run holds `folder`'s lock; creates nothing."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise live_run_refusal(folder, os.pread(descriptor, 32, 0).decode(errors="replace").strip()) from None
+    finally:
+        os.close(descriptor)
+
+
 @contextmanager
 def claimed(folder: Path) -> Iterator[None]:
     """Holds an exclusive lock on the folder for the block. The kernel drops a flock when its process dies, so
@@ -27,9 +51,7 @@ def claimed(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunFolderRefused(f"run folder {folder} is in use by a live run (process {holder}); "
-                                   f"wait for it to finish or choose another hydra.run.dir") from None
+            raise live_run_refusal(folder, os.pread(descriptor, 32, 0).decode(errors="replace").strip()) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         yield

@@ -2,6 +2,7 @@
 processes -> set-up -> resume -> fit (rpe_bench.loop) -> measure (rpe_bench.measure) -> the run record."""
 import dataclasses
 import logging
+import os
 import random
 import sys
 from contextlib import nullcontext
@@ -16,16 +17,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from rpe_bench import distributed, run_folder
+from rpe_bench import distributed, folder_guard, run_folder
 from rpe_bench import provenance as run_provenance
-from rpe_bench.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from rpe_bench.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, restore_rng_state, rng_state,
+                                  save_checkpoint)
 from rpe_bench.config import ConfigError, register_configs, validate
 from rpe_bench.data import DatasetNotFoundError, load_splits
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
-from rpe_bench.results import EpochRecord, RunConfigRecord, RunResult, write_result
-from rpe_bench.run_folder import RunFolderRefused, check_same_run, run_identity
+from rpe_bench.results import PREVIOUS_RESULTS_FILE, RESULTS_FILE, EpochRecord, RunConfigRecord, RunResult, read_result, write_result
+from rpe_bench.run_folder import RunFolderInUse, check_same_run, run_identity
 from rpe_bench.tracking import log_epoch, log_result, open_wandb_run
 
 log = logging.getLogger("rpe_bench")
@@ -36,14 +38,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is available: allowed here are auto, cpu")
-    return torch.device(requested)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -58,7 +52,7 @@ def start_processes(cfg) -> tuple[distributed.Processes, torch.device]:
     seed_everything(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    device = pick_device(cfg.trainer.device.value)
+    device = distributed.pick_device(cfg.trainer.device.value)
     if device.type == "cuda":
         device = torch.device("cuda", processes.local_rank)
         torch.cuda.set_device(device)
@@ -177,23 +171,18 @@ def train(cfg: DictConfig, output_dir: Path) -> RunResult:
     return result
 
 
-def discard_hydra_files(output_dir: Path) -> None:
-    """A refused config must leave nothing behind: remove what Hydra wrote before the task started."""
-    for path in (output_dir / ".hydra").glob("*"):
-        path.unlink()
-    for path in [output_dir / ".hydra", *output_dir.glob("*.log")]:
-        if path.is_dir():
-            path.rmdir()
-        else:
-            path.unlink()
-    for folder in (output_dir, output_dir.parent):
-        if folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-def record_failure(cfg, output_dir: Path, error: BaseException) -> None:
+def record_failure(cfg, output_dir: Path, error: BaseException, overrides: list[str], refused: bool) -> None:
+    """The job's results.json becomes a failure record. Where it held a completed run, a refusal (which trained
+    nothing) leaves it as it is, and a failed continuation keeps it beside as results-previous.json."""
+    existing = output_dir / RESULTS_FILE
+    if existing.exists() and read_result(existing).is_completed:
+        if refused:
+            log.error("%s keeps the completed run it holds", existing)
+            return
+        os.replace(existing, output_dir / PREVIOUS_RESULTS_FILE)
+        log.error("the completed run this one continued is kept as %s", output_dir / PREVIOUS_RESULTS_FILE)
     provenance = {"code": run_provenance.code_version(), "versions": run_provenance.library_versions(),
-                  "overrides": list(HydraConfig.get().overrides.task), "finished_utc": run_provenance.utc_now()}
+                  "overrides": overrides, "finished_utc": run_provenance.utc_now()}
     write_result(output_dir, RunResult.failed(RunConfigRecord.from_cfg(cfg), error, provenance))
 
 
@@ -207,29 +196,28 @@ def main(cfg: DictConfig) -> float | None:
     # Under torchrun the other ranks' output_dir is the working directory (see __main__): they write nothing.
     owns_output_dir = distributed.from_environment().is_main
     try:
-        validate(cfg)
-        pick_device(cfg.trainer.device.value)
+        validate(cfg)  # a single run was checked before Hydra wrote (folder_guard); a sweep's jobs are not
+        distributed.pick_device(cfg.trainer.device.value)
         result = train(cfg, output_dir)
-    except RunFolderRefused as error:
-        # The folder and everything in it belong to another run: write nothing there, remove nothing.
+    except RunFolderInUse as error:
+        # The folder and everything in it belong to a live run: write nothing there, put nothing back.
         if not multirun:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         log.error("job refused: %s", error)
-    except (ConfigError, DatasetNotFoundError) as error:
+    except (ConfigError, DatasetNotFoundError, CheckpointError) as error:
         if not multirun:
-            if owns_output_dir:
-                discard_hydra_files(output_dir)
+            folder_guard.put_back()
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         log.error("job refused: %s", error)
         if owns_output_dir:
-            record_failure(cfg, output_dir, error)
+            record_failure(cfg, output_dir, error, list(HydraConfig.get().overrides.task), refused=True)
     except Exception as error:
         # The whole traceback goes to this job's log; in a multirun the other jobs go on.
         log.exception("run failed")
         if owns_output_dir:
-            record_failure(cfg, output_dir, error)
+            record_failure(cfg, output_dir, error, list(HydraConfig.get().overrides.task), refused=False)
         if not multirun:
             raise
     else:

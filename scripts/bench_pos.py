@@ -10,17 +10,13 @@ under bf16 autocast too (ratios to fp32 RoPE and to RoPE in bf16).
     python scripts/bench_pos.py --rounds 1 --steps 1 --no-timm --output /tmp/bench_smoke   # runs, times nothing
 """
 import argparse
-import copy
 import json
-import statistics
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rpe_bench import pos, provenance
+from rpe_bench.cost import Contender, interleaved_medians, perturb_position_parameters, warm_up
 from rpe_bench.model import VisionTransformer, VitShape
 
 SHAPES = {
@@ -48,14 +44,6 @@ VARIANTS = [
 BF16_VARIANTS = ["rope", "cayley_dense", "reflection", "liere"]
 
 
-def perturb_position_parameters(model: torch.nn.Module) -> None:
-    """Move generators and vectors off their initial values, so nothing is timed at a special point."""
-    with torch.no_grad():
-        for block in model.blocks:
-            for parameter in block.attention.position.parameters():
-                parameter.add_(0.01 * torch.randn_like(parameter))
-
-
 def timm_eva_rope(shape: VitShape) -> torch.nn.Module:
     from timm.models.eva import Eva
     return Eva(img_size=shape.image_size, patch_size=shape.patch_size, in_chans=shape.channels,
@@ -64,74 +52,23 @@ def timm_eva_rope(shape: VitShape) -> torch.nn.Module:
                use_abs_pos_emb=False, use_rot_pos_emb=True, rope_temperature=100.0)
 
 
-class Contender:
-    """One model with its optimizer and a fixed batch on `device`; `train_step` and `infer` return milliseconds."""
-
-    def __init__(self, model, batch_size: int, shape: VitShape, device: torch.device, precision: str = "fp32"):
-        self.device = device
-        self.model = model.to(device)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        self.images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size, device=device)
-        self.labels = torch.randint(0, shape.num_classes, (batch_size,), device=device)
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
-        inference = copy.deepcopy(model).eval()
-        if hasattr(inference, "fold_position_bases_"):
-            inference.fold_position_bases_()
-        self.inference_model = inference
-
-    def train_step(self) -> float:
-        start = time.perf_counter()
-        with self.autocast:
-            logits = self.model(self.images)
-        loss = F.cross_entropy(logits.float(), self.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return self.milliseconds_since(start)
-
-    @torch.inference_mode()
-    def infer(self) -> float:
-        start = time.perf_counter()
-        with self.autocast:
-            self.inference_model(self.images)
-        return self.milliseconds_since(start)
-
-    def milliseconds_since(self, start: float) -> float:
-        # CUDA kernels run asynchronously: wait for them, or the clock reads the launch time alone.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return 1000 * (time.perf_counter() - start)
-
-
-def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
-    """Median ms per contender for train and inference; each round runs every contender `steps` times."""
-    timings = {name: {"train": [], "inference": []} for name in contenders}
-    for contender in contenders.values():  # warm-up: allocator, kernels, optimizer state
-        for _ in range(2):
-            contender.train_step()
-            contender.infer()
-    for _ in range(rounds):
-        for name, contender in contenders.items():
-            timings[name]["train"] += [contender.train_step() for _ in range(steps)]
-            timings[name]["inference"] += [contender.infer() for _ in range(steps)]
-    return {name: {kind: statistics.median(values) for kind, values in kinds.items()}
-            for name, kinds in timings.items()}
-
-
 def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, with_timm: bool,
                     device: torch.device) -> dict:
     torch.manual_seed(0)
+    images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size, device=device)
+    labels = torch.randint(0, shape.num_classes, (batch_size,), device=device)
     contenders = {}
     for label, name, options, absolute_table in VARIANTS:
         model = VisionTransformer(shape, name, options, absolute_table=absolute_table)
         perturb_position_parameters(model)
-        contenders[label] = Contender(model, batch_size, shape, device)
+        contenders[label] = Contender(model, images, labels)
     for name in BF16_VARIANTS:
         model = VisionTransformer(shape, name)
         perturb_position_parameters(model)
-        contenders[f"{name} bf16"] = Contender(model, batch_size, shape, device, precision="bf16")
+        contenders[f"{name} bf16"] = Contender(model, images, labels, precision="bf16")
     if with_timm:
-        contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), batch_size, shape, device)
+        contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), images, labels)
+    warm_up(contenders)
     medians = interleaved_medians(contenders, rounds, steps)
     rope, rope_bf16 = medians["rope"], medians["rope bf16"]
     results = {label: {"train_ms": m["train"], "inference_ms": m["inference"],

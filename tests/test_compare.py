@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 from scipy import stats
 
-from rpe_bench import statistics, tracking
+from rpe_bench import report_wandb, statistics, tracking
 from rpe_bench.compare import ComparisonReportCallback, collect_results, main, summarize, write_report
 from rpe_bench.tracking import sweep_group
 from tests.helpers import PROJECT, compose_config, wandb_inspect
@@ -116,7 +116,6 @@ def test_accuracy_and_cost_match_the_files(sweep):
     rows = summarize(collect_results([sweep]))
     assert [(row["pos_variant"], row["f_sparse"]) for row in rows][0] == ("rope", None)
     assert {(row["pos_variant"], row["f_sparse"]) for row in rows} == set(VAL_ACC)
-    rope_seconds = np.mean(EPOCH_SECONDS["rope", None])
     for (pos, f), accuracies in VAL_ACC.items():
         row, values = row_for(rows, pos, f), np.array(accuracies)
         assert row["dataset"] == "mnist" and row["dataset_display_name"] == MNIST and row["seeds"] == len(values)
@@ -125,8 +124,9 @@ def test_accuracy_and_cost_match_the_files(sweep):
         assert row["avg_epoch_time_sec_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]))
         assert row["inference_time_ms_per_batch_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / 5)
         assert row["num_parameters"] == PARAMETERS[pos, f]
-        assert row["avg_epoch_time_sec_vs_rope"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / rope_seconds)
-        assert row["inference_time_ms_per_batch_vs_rope"] == pytest.approx(row["avg_epoch_time_sec_vs_rope"])
+        # Wall time is no cost: without a measurement (cost.json) the cost columns stay empty.
+        assert all(row[name] is None for name in ("train_step_ms", "train_step_vs_rope", "inference_ms",
+                                                  "inference_vs_rope"))
         if len(values) == 1:
             assert row["final_val_acc_std"] is None and row["final_val_acc_ci95_low"] is None
             assert row["avg_epoch_time_sec_std"] is None and row["extrapolation_8_val_acc_std"] is None
@@ -365,6 +365,24 @@ def test_unreadable_results_file_is_listed_as_a_failure(tmp_path):
     assert "unreadable results.json" in page.split("Failed runs")[1]
 
 
+def test_every_unreadable_results_file_is_named_in_the_terminal_and_the_rest_reported(tmp_path, capsys):
+    folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.9, 0.91]})
+    for name, text in (("cut", '{"config": {"dataset": "mn'), ("empty", "")):
+        (folder / name).mkdir()
+        (folder / name / "results.json").write_text(text)
+    assert main([str(folder)]) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 2
+    for name, line in zip(("cut", "empty"), warnings):
+        assert str(folder / name / "results.json") in line and "left out of the report" in line
+    with pytest.raises(SystemExit):  # the sweep's last lines say it too, after its table
+        ComparisonReportCallback().on_multirun_end(sweep_config(folder))
+    captured = capsys.readouterr()
+    assert captured.out.rstrip().splitlines()[-1] == f"report: {folder / 'report.html'}"
+    assert len(captured.err.strip().splitlines()) >= 2 and str(folder / "cut") in captured.err
+    assert "rope" in (folder / "comparison.md").read_text()
+
+
 def parse_csv_value(text: str):
     if text == "-":
         return None
@@ -458,13 +476,14 @@ def test_callback_ends_the_sweep_with_a_short_table_and_the_report_path(sweep, c
     assert lines[-1] == f"report: {sweep / 'report.html'}"
     header, *variants = lines[-6:-1]
     assert header.split() == ["variant", "val", "acc", "%", "(mean", "±", "95%", "CI)", "Δ", "vs", "rope,", "pp",
-                              "(95%", "CI)", "time", "vs", "rope"]
+                              "(95%", "CI)", "cost", "vs", "rope", "(train", "/", "inference)"]
     rope_half_width = stats.t.ppf(0.975, 2) * stats.sem(VAL_ACC["rope", None]) * 100
-    assert variants[0].split() == ["rope", "90.00", "±", f"{rope_half_width:.2f}", "reference", "1.00×"]
+    # These records name no model, so nothing could be measured: the cost says so instead of showing wall time.
+    assert variants[0].split() == ["rope", "90.00", "±", f"{rope_half_width:.2f}", "reference", "not", "measured"]
     assert variants[1].split()[:4] == ["cayley_dense", "91.07", "±", f"{rope_half_width:.2f}"]
-    assert variants[1].split()[4] == "+1.07" and variants[1].split()[-3:-1] == ["paired", "t"]
+    assert variants[1].split()[4] == "+1.07" and variants[1].split()[-4:-2] == ["paired", "t"]
     assert variants[2].split() == ["cayley_sparse", "f=0.1", "85.00", "(too", "few", "seeds)", "n/a,", "too", "few",
-                                   "seeds", "0.99×"]
+                                   "seeds", "not", "measured"]
 
 
 def test_callback_ends_a_sweep_without_failures_normally(tmp_path):
@@ -501,6 +520,70 @@ def test_the_report_run_sits_in_the_sweeps_group_and_holds_table_plots_and_page(
     assert page == (sweep / "report.html").read_text()
     table = json.loads((offline_run / "files" / logged["comparison"]["path"]).read_text())
     assert table["columns"] == list(rows[0]) and table["data"][0][:5] == ["mnist", MNIST, "rope", None, "grid"]
+
+
+def resolved_config(pos: str, seed: int) -> dict:
+    """What a real run records as its resolved config: a small digits ViT."""
+    cfg = compose_config("dataset=digits", "model.emb_dim=32", "model.depth=1", "model.num_heads=2",
+                         "trainer.batch_size=16", f"pos={pos}", f"seed={seed}")
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def test_the_cost_columns_are_a_measurement_kept_in_cost_json_and_rebuilds_read_it(tmp_path, capsys):
+    records = []
+    for pos in ("rope", "cayley_dense", "reflection"):
+        for seed in (1, 2):
+            record = run_record(pos, None, seed, 0.9 + 0.01 * seed, dataset="digits")
+            record["resolved_config"] = resolved_config(pos, seed)
+            records.append(record)
+    sweep = write_runs(tmp_path / "sweep", records)
+    assert main([str(sweep), "--measure-cost", "--cost-seconds", "0.05", "--no-wandb"]) == 0
+    measurement = json.loads((sweep / "cost.json").read_text())
+    assert measurement["code"] and measurement["versions"]["torch"] and measurement["threads"] >= 1
+    assert measurement["measured_utc"] and measurement["device"]
+    measured = {item["pos_variant"]: item for item in measurement["variants"]}
+    assert set(measured) == {"rope", "cayley_dense", "reflection"}
+    assert measured["rope"]["train_step_vs_rope"] == 1.0 and measured["rope"]["inference_vs_rope"] == 1.0
+    rows = {row["pos_variant"]: row for row in csv.DictReader((sweep / "comparison.csv").open())}
+    for pos, item in measured.items():
+        assert item["train_step_ms"] > 0 and item["inference_ms"] > 0 and item["rounds"] >= 5
+        assert parse_csv_value(rows[pos]["train_step_vs_rope"]) == pytest.approx(item["train_step_vs_rope"])
+        assert parse_csv_value(rows[pos]["inference_vs_rope"]) == pytest.approx(item["inference_vs_rope"])
+    # A rebuild reads the measurement and measures nothing: every file stays byte for byte.
+    written = {name: (sweep / name).read_bytes() for name in ("cost.json", "comparison.csv", "comparison.md")}
+    assert main([str(sweep), "--no-wandb"]) == 0
+    assert {name: (sweep / name).read_bytes() for name in written} == written
+
+
+def test_a_damaged_cost_file_is_named_and_nothing_is_rewritten(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", {("rope", None): [0.9, 0.91]})
+    (sweep / "cost.json").write_text('{"schema_version": 1, "vari')
+    assert main([str(sweep), "--no-wandb"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(sweep / "cost.json") in line and "--measure-cost" in line
+    assert not (sweep / "comparison.md").exists()
+
+
+def test_a_sweep_keeps_one_report_run_id_however_often_its_report_is_rebuilt(sweep, monkeypatch):
+    """The callback at the sweep's end, again when the sweep is finished in a second sitting, and a rebuild from
+    the command line all resume the group's one report run id."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for path in sweep.rglob("results.json"):
+        record = json.loads(path.read_text())
+        if record["status"] == "completed":
+            record["resolved_config"]["logger"] = {"mode": "offline", "project": "rpe_bench", "entity": None,
+                                                   "group": None, "tags": []}
+            path.write_text(json.dumps(record))
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            ComparisonReportCallback().on_multirun_end(sweep_config(sweep, mode="offline"))
+    assert main([str(sweep)]) == 0
+    runs = sorted((sweep / "wandb").glob("offline-run-*"))  # a folder per sitting (a second's resolution)
+    expected = report_wandb.report_run_id(sweep_group(sweep))
+    assert runs
+    assert {path.stem for run in runs for path in run.glob("run-*.wandb")} == {f"run-{expected}"}
+    assert main([str(sweep), "--no-wandb"]) == 0
+    assert sorted((sweep / "wandb").glob("offline-run-*")) == runs
 
 
 def test_the_report_runs_group_is_the_jobs_group(tmp_path, monkeypatch):

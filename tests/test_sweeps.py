@@ -85,10 +85,14 @@ def test_a_seed_sweep_gives_one_wandb_run_per_job_in_the_sweeps_group_and_a_matc
     assert cells[3] == "2"
     expected = {4: f"{100 * statistics.fmean(final_val_acc):.2f} ± {100 * statistics.stdev(final_val_acc):.2f}",
                 6: f"{100 * statistics.fmean(results[seed]['best_val_acc'] for seed in (1, 2)):.2f}",
-                9: f"{results[1]['num_parameters']:,}"}
+                7: f"{results[1]['num_parameters']:,}", 8: "1.00×", 9: "1.00×"}
     for index, text in expected.items():
         assert cells[index] == text
         assert f"<td>{text}</td>" in page
+    # The cost columns are the measurement the sweep made at its end, kept beside the report.
+    measurement = json.loads((sweep_dir / "cost.json").read_text())
+    (measured,) = measurement["variants"]
+    assert measured["pos_variant"] == "rope" and measured["train_step_ms"] > 0
 
 
 def test_a_failed_job_is_logged_recorded_and_reported_and_fails_the_sweep_after_the_others_ran(tmp_path):

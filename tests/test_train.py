@@ -1,4 +1,5 @@
 """End-to-end runs on tiny real data (scikit-learn's digits): results files, W&B runs, seeds, resume."""
+import json
 import os
 import signal
 import subprocess
@@ -106,8 +107,9 @@ def test_a_corrupt_checkpoint_gets_a_clear_error_and_the_previous_one_is_kept(mo
     run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2", "trainer.resume=false")
     previous = (tmp_path / "checkpoint-previous.pt").read_bytes()
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"truncated")
-    with pytest.raises(Exception, match="corrupt or truncated"):
+    with pytest.raises(SystemExit) as refused:  # one line and exit 2 (tests/test_nothing_lost.py)
         run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=3")
+    assert refused.value.code == 2
     assert (tmp_path / "checkpoint-previous.pt").read_bytes() == previous
 
 
@@ -126,3 +128,4 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(mon
         run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "trainer.epochs=2", "logger.log_every_steps=1")
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == checkpoint
     assert read_results(tmp_path)["status"] == "failed"
+    assert json.loads((tmp_path / "results-previous.json").read_text())["status"] == "completed"
