@@ -44,8 +44,12 @@ DIGITS_TEST_SIZE = 360
 ROOT_HINT = "Set RPE_BENCH_DATA or dataset.root=..."
 
 
-class DatasetNotFoundError(ValueError):
-    """A dataset's files are missing and were not downloaded; the message is one line."""
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message is one line naming the folder or file and what to do."""
+
+
+class DatasetNotFoundError(DatasetError):
+    """A dataset's files are missing and were not downloaded."""
 
 
 @dataclass
@@ -127,11 +131,15 @@ def decode_images(samples, image_size: int, channels: int) -> ImageTensors:
     mode = "L" if channels == 1 else "RGB"
     pixels = []
     for path, _ in samples:
-        with Image.open(path) as image:
-            image = image if image.mode == mode else image.convert(mode)
-            if image.size != (image_size, image_size):  # Pillow's bilinear antialiases, as resize_batch does
-                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            pixels.append(np.asarray(image))
+        try:
+            with Image.open(path) as image:
+                image = image if image.mode == mode else image.convert(mode)
+                if image.size != (image_size, image_size):  # Pillow's bilinear antialiases, as resize_batch does
+                    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                pixels.append(np.asarray(image))
+        except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for truncated or foreign files
+            raise DatasetError(f"image {path} cannot be decoded ({one_line(error)}): replace it, or move it out "
+                               f"of the folder") from None
     images = torch.from_numpy(np.stack(pixels)).view(len(pixels), image_size, image_size, channels)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return ImageTensors(images.permute(0, 3, 1, 2).contiguous(), labels)
@@ -158,9 +166,12 @@ def load_image_folder(root: str, download: bool, image_size: int, channels: int)
     key = hashlib.sha256(names.encode()).hexdigest()
     cache = os.path.join(root, f".rpe_bench_cache_{image_size}_{channels}.pt")
     if os.path.exists(cache):
-        saved = torch.load(cache, weights_only=True)
-        if saved["key"] == key:
-            return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if saved["key"] == key:
+                return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
+        except Exception as error:  # derived from the images alone: decode them again and replace it
+            warnings.warn(f"cache {cache} is damaged ({type(error).__name__}); decoding the images again")
     train, test = (decode_images(split, image_size, channels) for split in samples)
     save_cache({"key": key, "train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return train, test

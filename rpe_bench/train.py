@@ -22,7 +22,7 @@ from rpe_bench import provenance as run_provenance
 from rpe_bench.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
 from rpe_bench.config import ConfigError, register_configs, validate
-from rpe_bench.data import DatasetNotFoundError, load_splits
+from rpe_bench.data import DatasetError, load_splits
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
@@ -205,7 +205,7 @@ def main(cfg: DictConfig) -> float | None:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         log.error("job refused: %s", error)
-    except (ConfigError, DatasetNotFoundError, CheckpointError) as error:
+    except (ConfigError, DatasetError, CheckpointError) as error:
         if not multirun:
             folder_guard.put_back()
             print(f"error: {error}", file=sys.stderr)

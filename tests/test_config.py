@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
@@ -87,8 +88,13 @@ def test_out_of_range_values_are_refused_with_one_line(overrides, named):
     assert named in message and "\n" not in message
 
 
-@pytest.mark.parametrize("override,named", [("model.emb_dim=130", "emb_dim=130"),
-                                             ("pos.options.rope_base=abc", "rope_base='abc'")])
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+
+
+@pytest.mark.parametrize("override,named", [
+    ("model.emb_dim=130", "emb_dim=130"), ("pos.options.rope_base=abc", "rope_base='abc'"),
+    ("trainer.lr=-1", "trainer.lr=-1"),
+    pytest.param("trainer.device=cuda", "trainer.device=cuda", marks=NO_CUDA)])
 def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path, override, named):
     run_dir = tmp_path / "run"
     completed = subprocess.run(
@@ -98,3 +104,16 @@ def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path, overri
     assert named in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
     assert not run_dir.exists()
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("override,named", [("pos=rope2d", "pos/rope2d"), ("trainer.lr=fast", "trainer.lr"),
+                                             ("trainer.learning_rate=0.1", "trainer.learning_rate")])
+def test_hydras_own_refusals_name_the_value_and_write_nothing(tmp_path, override, named):
+    """Unknown options, keys and types are Hydra's to refuse, at composition: before any folder exists."""
+    run_dir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "rpe_bench.train", override, f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert completed.returncode == 1
+    assert named in completed.stderr and "Traceback" not in completed.stderr
+    assert list(tmp_path.iterdir()) == []

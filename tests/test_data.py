@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rpe_bench import data
-from rpe_bench.data import Augment, BatchIterator, DatasetNotFoundError, ImageTensors, crop_and_flip, load_splits
+from rpe_bench.data import (Augment, BatchIterator, DatasetError, DatasetNotFoundError, ImageTensors, crop_and_flip,
+                            load_splits)
 from tests.dataset_files import (MNIST_FILES, random_images, save_image, write_cifar10, write_cifar100,
                                  write_image_folder, write_mnist)
 
@@ -110,6 +111,26 @@ def test_missing_dataset_names_folder_and_files_in_one_line(tmp_path, name, fold
 def test_missing_image_folder_names_the_folder(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="image_folder not found in .*train/<class>/"):
         load_splits("image_folder", str(tmp_path / "nothing"), download=False, image_size=8, channels=3)
+
+
+def test_a_damaged_image_is_named_with_what_to_do(tmp_path):
+    write_image_folder(tmp_path)
+    damaged = tmp_path / "test" / "dog" / "1.png"
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    with pytest.raises(DatasetError) as error:
+        load_splits("image_folder", str(tmp_path), download=False, image_size=8, channels=3)
+    message = str(error.value)
+    assert "\n" not in message and str(damaged) in message and "replace it" in message
+
+
+def test_a_damaged_cache_is_rebuilt_from_the_images(tmp_path):
+    expected = write_image_folder(tmp_path)
+    load_splits("image_folder", str(tmp_path), download=False, image_size=8, channels=3)
+    (cache,) = tmp_path.glob(".rpe_bench_cache_*")
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=f"cache {cache} is damaged"):
+        train, _ = load_splits("image_folder", str(tmp_path), download=False, image_size=8, channels=3)
+    assert torch.equal(train.images, expected[0][0]) and len(cache.read_bytes()) > 100
 
 
 def test_unknown_dataset_lists_the_known_ones():

@@ -9,7 +9,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from rpe_bench.launching import job_memory_bytes, usable_cores
+from rpe_bench.launching import job_memory_bytes, parallel_jobs_refusal, usable_cores
 from tests.helpers import PROJECT, TINY_RUN, compose_config, own_wandb_environment, read_results, wandb_summary
 
 FIRST_COMMAND_VARIANTS = ["rope", "cayley_dense", "reflection", "ape"]  # conf/experiment/digits_compare.yaml
@@ -83,12 +83,14 @@ def test_the_first_command_runs_its_jobs_side_by_side_and_ends_with_the_comparis
     (report,) = sweep_dir.rglob("report.html")
     assert report == sweep_dir / "report.html"
     assert report.stat().st_mtime >= max((job / "results.json").stat().st_mtime for job in jobs)
-    # After the last line W&B printed (the jobs' and the comparison's runs): the table, then the report's path.
-    lines = completed.stdout.splitlines()
-    last_wandb_line = max(index for index, line in enumerate(lines) if line.startswith("wandb:"))
-    after_wandb = [line for line in lines[last_wandb_line + 1:] if line.strip()]
-    assert set(FIRST_COMMAND_VARIANTS) <= {line.split()[0] for line in after_wandb}
-    assert after_wandb[-1].endswith(str(report))
+    # The jobs' lines go to their own logs; the terminal shows one progress bar, then the table and the path.
+    lines = completed.stdout.replace("\r", "\n").splitlines()
+    assert not any("[epoch" in line or line.startswith("wandb:") for line in lines)
+    assert any(line.startswith("jobs: 100%") and "4/4" in line and "failed 0" in line for line in lines)
+    tail = [line for line in lines if line.strip()][-(len(FIRST_COMMAND_VARIANTS) + 2):]
+    assert {line.split()[0] for line in tail[1:-1]} == set(FIRST_COMMAND_VARIANTS)
+    assert tail[-1].endswith(str(report))
+    assert "[epoch 1/1]" in (jobs[0] / "train.log").read_text()
 
 
 def test_a_failing_job_does_not_stop_the_job_running_beside_it(tmp_path):
@@ -101,7 +103,12 @@ def test_a_failing_job_does_not_stop_the_job_running_beside_it(tmp_path):
     assert read_results(healthy)["status"] == "completed" and wandb_summary(healthy)["state"] == "finished"
     assert read_results(diverged)["status"] == "failed" and wandb_summary(diverged)["state"] == "failed"
     assert "1 of 2 jobs failed" in completed.stdout
+    assert any("2/2" in line and "failed 1" in line for line in completed.stdout.replace("\r", "\n").splitlines())
     assert str(diverged) in (sweep_dir / "comparison.md").read_text().split("## Failed runs")[1]
+
+
+def test_a_parallel_launcher_needs_at_least_one_job_at_once():
+    assert parallel_jobs_refusal(0, []) == "hydra.launcher.n_jobs=0 must be >= 1"
 
 
 def test_jobs_that_would_not_fit_in_memory_side_by_side_are_refused_with_one_line_before_any_starts(tmp_path):
