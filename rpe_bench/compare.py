@@ -397,7 +397,10 @@ def main(argv=None) -> int:
     except cost.CostFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logger = jobs_logger(results) if len(args.dirs) == 1 and not args.no_wandb else None
+    # The report run belongs in a sweep folder whose report this is, not beside runs reported elsewhere.
+    sweep_report = len(args.dirs) == 1 and (args.output is None
+                                            or args.output.resolve() == Path(args.dirs[0]).resolve())
+    logger = jobs_logger(results) if sweep_report and not args.no_wandb else None
     if logger is not None:
         run_dir = report_wandb.log_report_run(logger, Path(args.dirs[0]), report)
         if run_dir is not None:

@@ -100,17 +100,34 @@ def interleaved_medians(contenders: dict, rounds: int, steps: int) -> dict:
             for name, kinds in timings.items()}
 
 
-def batch_shape(config: dict) -> tuple[int, int, int, int]:
-    """(batch size, channels, image size, classes) of a run's resolved config."""
-    dataset = config["dataset"]
-    return config["trainer"]["batch_size"], dataset["channels"], dataset["image_size"], dataset["num_classes"]
+def model_config(resolved: dict):
+    """A run's resolved config for build_model. Records written before a model or encoding option existed (the
+    coordinates, their augmentation) ran with its default, which the schema supplies."""
+    from rpe_bench.config import ModelConfig, PosConfig
+    defaults = OmegaConf.to_container(OmegaConf.create({"model": OmegaConf.structured(ModelConfig),
+                                                        "pos": OmegaConf.structured(PosConfig)}),
+                                      resolve=False, enum_to_str=True)
+    return OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(resolved))
+
+
+def batch_shape(config: dict) -> tuple[int, int, int, int, str]:
+    """(batch size, channels, image size, classes, precision) of a run's resolved config."""
+    dataset, trainer = config["dataset"], config["trainer"]
+    return (trainer["batch_size"], dataset["channels"], dataset["image_size"], dataset["num_classes"],
+            trainer.get("precision", "fp32"))
+
+
+def measuring_device() -> torch.device:
+    """Where the cost is measured: the GPU when this process has one (a sweep's runs would have used it), else
+    the CPU. cost.json records which."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def measure_variants(configs: dict[Hashable, dict], references: dict[Hashable, Optional[Hashable]],
                      seconds_per_variant: float = 3.0, min_rounds: int = 5, max_rounds: int = 50) -> dict:
     """Train-step and inference medians of one model per variant (`configs`: variant -> a run's resolved config)
-    and their ratios to the variant's reference. Variants of one batch shape are interleaved in one pool; the
-    rounds fill about `seconds_per_variant` each."""
+    and their ratios to the variant's reference. Variants of one batch shape and precision are interleaved in one
+    pool; the rounds fill about `seconds_per_variant` each."""
     from rpe_bench.model import build_model  # the model imports the encodings; measuring is rare
     pools = defaultdict(list)
     for key, config in configs.items():
@@ -119,15 +136,16 @@ def measure_variants(configs: dict[Hashable, dict], references: dict[Hashable, O
     torch.set_num_threads(usable_cores())  # every core, whatever the last job left set
     medians, rounds_run = {}, {}
     try:
-        for (batch_size, channels, image_size, classes), keys in pools.items():
+        for (batch_size, channels, image_size, classes, precision), keys in pools.items():
             torch.manual_seed(0)
-            images = torch.randn(batch_size, channels, image_size, image_size)
-            labels = torch.randint(0, classes, (batch_size,))
+            device = measuring_device()
+            images = torch.randn(batch_size, channels, image_size, image_size, device=device)
+            labels = torch.randint(0, classes, (batch_size,), device=device)
             contenders = {}
             for key in keys:
-                model = build_model(OmegaConf.create(configs[key]))
+                model = build_model(model_config(configs[key]))
                 perturb_position_parameters(model)
-                contenders[key] = Contender(model, images, labels)
+                contenders[key] = Contender(model, images, labels, precision)
             round_seconds = warm_up(contenders)
             rounds = int(min(max_rounds, max(min_rounds, seconds_per_variant * len(keys) / max(round_seconds, 1e-9))))
             medians.update(interleaved_medians(contenders, rounds, steps=1))
@@ -140,7 +158,7 @@ def measure_variants(configs: dict[Hashable, dict], references: dict[Hashable, O
         costs[key] = {"train_step_ms": median["train"], "inference_ms": median["inference"],
                       "train_step_vs_rope": reference and median["train"] / reference["train"],
                       "inference_vs_rope": reference and median["inference"] / reference["inference"],
-                      "rounds": rounds_run[key]}
+                      "rounds": rounds_run[key], "precision": batch_shape(configs[key])[4]}
     return costs
 
 
@@ -152,7 +170,7 @@ def measurement_record(variants: list[dict]) -> dict:
                   "bases folded) per variant, on a random batch of the runs' shape, interleaved round by round "
                   "in one process; ratios to the rope variant measured beside it",
         "measured_utc": provenance.utc_now(), "threads": usable_cores(),
-        "device": provenance.device_description(torch.device("cpu")),
+        "device": provenance.device_description(measuring_device()),
         "code": provenance.code_version(), "versions": provenance.library_versions(),
         "variants": variants,
     }

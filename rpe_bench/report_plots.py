@@ -116,7 +116,8 @@ def plot_acc_vs_sparsity(rows: list[dict], path: Path) -> Optional[Path]:
 def plot_epoch_time(rows: list[dict], path: Path) -> Optional[Path]:
     if not rows:
         return None
-    figure, axes = figure_per_dataset(datasets_of(rows), "Wall seconds per epoch in the sweep (mean ± std over seeds; not a cost measure)")
+    figure, axes = figure_per_dataset(datasets_of(rows),
+                                      "Wall seconds per epoch in the sweep (mean ± std over seeds: not a cost)")
     for dataset, axis in axes.items():
         bars = [row for row in rows if row["dataset_display_name"] == dataset]
         axis.bar([row["variant"] for row in bars], [row["avg_epoch_time_sec_mean"] for row in bars],

@@ -26,7 +26,8 @@ from rpe_bench.data import DatasetError, load_splits
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
-from rpe_bench.results import PREVIOUS_RESULTS_FILE, RESULTS_FILE, EpochRecord, RunConfigRecord, RunResult, read_result, write_result
+from rpe_bench.results import (PREVIOUS_RESULTS_FILE, RESULTS_FILE, EpochRecord, RunConfigRecord, RunResult,
+                               read_result, write_result)
 from rpe_bench.run_folder import RunFolderInUse, check_same_run, run_identity
 from rpe_bench.tracking import log_epoch, log_result, open_wandb_run
 

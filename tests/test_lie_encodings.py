@@ -15,7 +15,8 @@ from rpe_bench.pos.lie import apply_block_rotations, matrix_exponential, spectra
 from rpe_bench.pos import comrope, liere
 from rpe_bench.pos.rotary import axial_frequencies
 from tests.helpers import PROJECT, compose_config
-from tests.tolerances import chain_bound, determinant_bound, exponential_roundings, orthogonality_bound
+from tests.tolerances import (chain_bound, determinant_bound, exponential_roundings, fp32_angle_bound,
+                              orthogonality_bound, rotated_logit_bound)
 
 HEADS, HEAD_DIM, TOKENS = 2, 32, 9
 COMROPE = ["comrope_ap", "comrope_ld"]
@@ -229,8 +230,9 @@ def test_comrope_ap_at_block_size_two_is_axial_rope_with_interleaved_pairs():
     q, k = random_qk()
     coords = random_coords()
     expected = logits(*rope(q[..., permutation], k[..., permutation], coords))
-    # Not 1e-12: both store their frequencies in fp32, rounded apart by an ulp, and angles reach 16 x theta.
-    torch.testing.assert_close(logits(*comrope(q, k, coords)), expected, rtol=0, atol=1e-4)
+    # Not fp64's eps: both store their frequencies in fp32, each rounded on its own, on both q's and k's side.
+    bound = rotated_logit_bound(q, k, 2 * fp32_angle_bound(coords))
+    torch.testing.assert_close(logits(*comrope(q, k, coords)), expected, rtol=0, atol=bound)
 
 
 def test_comrope_ap_starts_with_axial_rope_frequencies_in_a_random_basis():

@@ -46,3 +46,15 @@ def orthogonality_bound(exponents: torch.Tensor) -> float:
 def determinant_bound(exponents: torch.Tensor) -> float:
     """|det R - 1|: det(I + F) - 1 is about trace F, a sum of n entries each off by the orthogonality bound."""
     return exponents.shape[-1] * orthogonality_bound(exponents)
+
+
+def fp32_angle_bound(coords: torch.Tensor, frequencies_bound: float = 1.0) -> float:
+    """The error of an angle r * theta whose theta was rounded to fp32 (a frequency table built in fp32 whatever
+    the module's dtype): one fp32 rounding of theta, scaled by the largest |r theta|."""
+    return chain_bound(1, torch.float32, coords.abs().max().item() * frequencies_bound)
+
+
+def rotated_logit_bound(q: torch.Tensor, k: torch.Tensor, angle_error: float) -> float:
+    """|q^T R_a k - q^T R_b k| when the rotations' angles differ by at most `angle_error` on each side: every
+    channel pair's term moves by at most |q_i| |k_i| 2 angle_error."""
+    return 2 * angle_error * (q.abs() @ k.abs().transpose(-1, -2)).max().item()
