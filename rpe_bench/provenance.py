@@ -1,5 +1,6 @@
 """Which code, libraries and hardware produced a run: recorded in every results.json and W&B config, so a
 published number can be tied to a commit and runs made on different machines are not silently compared."""
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -67,7 +68,20 @@ def collect(device: torch.device, world_size: int, parallel_jobs: int, overrides
         "code": code_version(), "versions": library_versions(), "device": device_description(device),
         "threads": torch.get_num_threads(), "world_size": world_size, "parallel_jobs": parallel_jobs,
         "started_utc": started_utc, "finished_utc": None, "overrides": list(overrides),
+        **({"slurm": slurm_job()} if "SLURM_JOB_ID" in os.environ else {}),
     }
+
+
+def slurm_job() -> Dict[str, Any]:
+    """The SLURM job a run ran in: its id (array task included), node list, and CPUs granted per task, which
+    set the threads when trainer.threads is null."""
+    environment = os.environ
+    array_task = environment.get("SLURM_ARRAY_TASK_ID")
+    job_id = (f"{environment['SLURM_ARRAY_JOB_ID']}_{array_task}" if array_task is not None
+              else environment["SLURM_JOB_ID"])
+    cpus = environment.get("SLURM_CPUS_PER_TASK")
+    return {"job_id": job_id, "nodes": environment.get("SLURM_JOB_NODELIST"),
+            "cpus_per_task": int(cpus) if cpus else None, "tasks": int(environment.get("SLURM_NTASKS", 1))}
 
 
 # What a training segment records of the process that trained it.

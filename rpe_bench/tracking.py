@@ -1,9 +1,12 @@
 """The W&B side of a run (offline unless a key is configured): its identity, config and metrics, named as in
 the run record (rpe_bench.results)."""
 import dataclasses
+import logging
 import netrc
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import wandb
 from hydra.core.hydra_config import HydraConfig
@@ -11,6 +14,8 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from rpe_bench.results import EPOCH_FIELDS, EpochRecord, RunConfigRecord, RunResult, extrapolation_metric
+
+log = logging.getLogger("rpe_bench")
 
 
 def has_wandb_api_key() -> bool:
@@ -70,6 +75,24 @@ def open_wandb_run(cfg, output_dir: Path, run_id: str | None, provenance: dict, 
         run.define_metric(metric, step_metric="epoch")
     run.define_metric("val_acc", step_metric="epoch", summary="max")
     return run
+
+
+@contextmanager
+def wandb_run(cfg, output_dir: Path, run_id: str | None, provenance: dict, enabled: bool = True) -> Iterator:
+    """`open_wandb_run` for the block, finished when it ends. When the block ends by an exception or an exit (a
+    SLURM preemption exits from inside training), a W&B service that died with the job's other processes must
+    not replace what ended it: that error is logged, and the original goes on."""
+    run = open_wandb_run(cfg, output_dir, run_id, provenance, enabled)
+    try:
+        yield run
+    except BaseException:
+        try:
+            run.finish(exit_code=1)
+        except Exception as error:
+            log.warning("W&B could not finish run %s (%s: %s); its local files keep what was logged", run.id,
+                        type(error).__name__, error)
+        raise
+    run.finish()
 
 
 def log_epoch(run, record: EpochRecord, peak_memory_mb: float) -> None:

@@ -2,7 +2,6 @@
 processes -> set-up -> resume -> fit (rpe_bench.loop) -> measure (rpe_bench.measure) -> the run record."""
 import dataclasses
 import logging
-import os
 import random
 import sys
 from contextlib import nullcontext
@@ -26,10 +25,10 @@ from rpe_bench.data import DatasetError, load_splits
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
-from rpe_bench.results import (PREVIOUS_RESULTS_FILE, RESULTS_FILE, EpochRecord, RunConfigRecord, RunResult,
-                               read_result, write_result)
+from rpe_bench.failures import record_failure
+from rpe_bench.results import EpochRecord, RunConfigRecord, RunResult, write_result
 from rpe_bench.run_folder import RunFolderInUse, check_same_run, run_identity
-from rpe_bench.tracking import log_epoch, log_result, open_wandb_run
+from rpe_bench.tracking import log_epoch, log_result, wandb_run
 
 log = logging.getLogger("rpe_bench")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -51,8 +50,10 @@ def start_processes(cfg) -> tuple[distributed.Processes, torch.device]:
     """Seeds, threads, the device and (under torchrun) the process group."""
     processes = distributed.from_environment()
     seed_everything(cfg.seed)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    # Inside a SLURM job nothing may pin the process to its CPUs (no cgroups): follow the job's grant.
+    threads = cfg.trainer.threads or distributed.slurm_cpus_per_task()
+    if threads:
+        torch.set_num_threads(threads)
     device = distributed.pick_device(cfg.trainer.device.value)
     if device.type == "cuda":
         device = torch.device("cuda", processes.local_rank)
@@ -162,7 +163,7 @@ def train(cfg: DictConfig, output_dir: Path) -> RunResult:
         log.info("%s on %s: %d parameters, %d steps per epoch, device %s, %d process(es), %d thread(s)",
                  cfg.pos.name, cfg.dataset.name, count_parameters(training.model), len(training.train_batches),
                  device, processes.world_size, provenance["threads"])
-        with open_wandb_run(cfg, output_dir, resumed.wandb_run_id, provenance, enabled=processes.is_main) as run:
+        with wandb_run(cfg, output_dir, resumed.wandb_run_id, provenance, enabled=processes.is_main) as run:
             history, trained_by = fit(cfg, training, resumed, run, output_dir, provenance)
             result = measure(cfg, training, test_data, history, provenance, trained_by)
             log_result(run, result)
@@ -170,21 +171,6 @@ def train(cfg: DictConfig, output_dir: Path) -> RunResult:
             log.info("results in %s", write_result(output_dir, result))
     distributed.stop(processes)
     return result
-
-
-def record_failure(cfg, output_dir: Path, error: BaseException, overrides: list[str], refused: bool) -> None:
-    """The job's results.json becomes a failure record. Where it held a completed run, a refusal (which trained
-    nothing) leaves it as it is, and a failed continuation keeps it beside as results-previous.json."""
-    existing = output_dir / RESULTS_FILE
-    if existing.exists() and read_result(existing).is_completed:
-        if refused:
-            log.error("%s keeps the completed run it holds", existing)
-            return
-        os.replace(existing, output_dir / PREVIOUS_RESULTS_FILE)
-        log.error("the completed run this one continued is kept as %s", output_dir / PREVIOUS_RESULTS_FILE)
-    provenance = {"code": run_provenance.code_version(), "versions": run_provenance.library_versions(),
-                  "overrides": overrides, "finished_utc": run_provenance.utc_now()}
-    write_result(output_dir, RunResult.failed(RunConfigRecord.from_cfg(cfg), error, provenance))
 
 
 register_configs()

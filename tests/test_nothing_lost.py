@@ -92,7 +92,7 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do_and_nothing_changes(run_c
 
 def test_a_sweep_job_that_fails_keeps_the_completed_results_it_finds(run_copy):
     """In a sweep a refused job records its failure, but never over a completed run."""
-    from rpe_bench.train import record_failure
+    from rpe_bench.failures import record_failure
     cfg = compose_config("dataset=digits")
     before = (run_copy / "results.json").read_bytes()
     record_failure(cfg, run_copy, ValueError("refused"), ["trainer.lr=-1"], refused=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from hydra_plugins.rpe_bench_launcher.slurm_launcher import SlurmLauncher
 
 from rpe_bench.checkpoint import CHECKPOINT_NAME
 from tests.helpers import (PROJECT, TINY_RUN, compose_config, own_wandb_environment, read_results, wandb_inspect,
@@ -142,7 +142,10 @@ def test_the_slurm_launcher_composes_and_requeues_the_same_job_on_preemption():
     cfg = compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_ == f"{SlurmLauncher.__module__}.SlurmLauncher"
-    assert (launcher.partition, launcher.gpus_per_node, launcher.max_num_timeout) == ("gpu", 1, 3)
+    # Null resources are filled in from the runs at launch (tests/test_slurm.py); limits keep preemption and
+    # time-out apart (submitit counts a USR2 as a time-out at timeout_min <= 10).
+    assert (launcher.partition, launcher.gpus_per_node, launcher.max_num_timeout) == ("gpu", None, 3)
+    assert launcher.timeout_min > 10
     # submitit calls `checkpoint` on SLURM's preemption/time-out signal and requeues what it returns: the same
     # launcher with the same job arguments, so the same run folder, which resumes from its checkpoint.pt.
     slurm = SlurmLauncher()
