@@ -28,8 +28,27 @@ GRACE_SECONDS = 15.0
 WORKER_TASK_OVERRIDES = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
+class SacctWarnedOnce(logging.Filter):
+    """Without accounting storage submitit warns at every poll that sacct failed; once says it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.warned:
+            return False
+        self.warned = True
+        record.msg, record.args = ("sacct is unavailable here (no accounting storage?): jobs that die without a "
+                                   "result are found through squeue instead"), ()
+        return True
+
+
 class SlurmLauncher(SubmititSlurmLauncher):
     def launch(self, job_overrides, initial_job_idx):
+        logging.getLogger("submitit").addFilter(SacctWarnedOnce())
         job_configs = [self.job_config(overrides, initial_job_idx + index)
                        for index, overrides in enumerate(job_overrides)]
         partition = self.params.get("partition")
