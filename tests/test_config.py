@@ -91,15 +91,18 @@ def test_out_of_range_values_are_refused_with_one_line(overrides, named):
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
 
+def train_into(run_dir: Path, override: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rpe_bench.train", override, f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+
+
 @pytest.mark.parametrize("override,named", [
     ("model.emb_dim=130", "emb_dim=130"), ("pos.options.rope_base=abc", "rope_base='abc'"),
     ("trainer.lr=-1", "trainer.lr=-1"),
     pytest.param("trainer.device=cuda", "trainer.device=cuda", marks=NO_CUDA)])
 def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path, override, named):
     run_dir = tmp_path / "run"
-    completed = subprocess.run(
-        [sys.executable, "-m", "rpe_bench.train", override, f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    completed = train_into(run_dir, override)
     assert completed.returncode == 2
     assert named in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
     assert not run_dir.exists()
@@ -110,10 +113,7 @@ def test_command_line_refusal_exits_non_zero_and_writes_nothing(tmp_path, overri
                                              ("trainer.learning_rate=0.1", "trainer.learning_rate")])
 def test_hydras_own_refusals_name_the_value_and_write_nothing(tmp_path, override, named):
     """Unknown options, keys and types are Hydra's to refuse, at composition: before any folder exists."""
-    run_dir = tmp_path / "run"
-    completed = subprocess.run(
-        [sys.executable, "-m", "rpe_bench.train", override, f"hydra.run.dir={run_dir}"],
-        capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    completed = train_into(tmp_path / "run", override)
     assert completed.returncode == 1
     assert named in completed.stderr and "Traceback" not in completed.stderr
     assert list(tmp_path.iterdir()) == []
