@@ -30,6 +30,12 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class Loader(str, Enum):
+    auto = "auto"  # memory when the decoded images take at most a quarter of the job's memory, else stream
+    memory = "memory"  # decoded once into uint8 tensors, batches by indexing
+    stream = "stream"  # image folders only: decoded batch by batch by DataLoader workers
+
+
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
@@ -68,6 +74,9 @@ class DatasetConfig:
     std: List[float] = MISSING
     patch_size: int = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loader: Loader = Loader.auto
+    # Streaming decoder processes; null: half the CPUs granted (SLURM_CPUS_PER_TASK, else the usable cores).
+    workers: Optional[int] = None
     # Evaluate the trained model at these larger input sizes (images resized, patch grid grown).
     extrapolation_sizes: List[int] = field(default_factory=list)
 
@@ -198,6 +207,11 @@ def validate(cfg) -> None:
         CoordinateAugmentation(augmentation.shift, augmentation.jitter, augmentation.rescale, torch.Generator())
     except ValueError as error:
         refuse(str(error))
+    if Loader(dataset.loader) == Loader.stream and dataset.name != "image_folder":
+        refuse(f"dataset.loader=stream reads image folders only, and dataset={dataset.name} is loaded in memory: "
+               f"allowed here are auto, memory")
+    if dataset.workers is not None and dataset.workers < 0:
+        refuse(f"dataset.workers={dataset.workers} must be >= 0 or null")
     for size in dataset.extrapolation_sizes:
         if size % model.patch_size:
             refuse(f"dataset.extrapolation_sizes holds {size}, not a multiple of patch size {model.patch_size}")

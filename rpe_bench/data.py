@@ -126,23 +126,49 @@ def load_digits(root: str, download: bool, image_size: int, channels: int):
     return ImageTensors(images[train], labels[train]), ImageTensors(images[test], labels[test])
 
 
+def decode_image_file(path: str, image_size: int, channels: int) -> np.ndarray:
+    """One image file as uint8 (image_size, image_size, channels): the one decoder of both loaders (PIL), so
+    that streaming gives the in-memory loader's pixels bit for bit."""
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as image:
+            image = image if image.mode == mode else image.convert(mode)
+            if image.size != (image_size, image_size):  # Pillow's bilinear antialiases, as resize_batch does
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(image).reshape(image_size, image_size, channels)
+    except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for truncated or foreign files
+        raise DatasetError(f"image {path} cannot be decoded ({one_line(error)}): replace it, or move it out "
+                           f"of the folder") from None
+
+
 def decode_images(samples, image_size: int, channels: int) -> ImageTensors:
     # One thread: PIL releases the GIL while decoding, yet threads measured no faster on these 32x32 JPEGs.
-    mode = "L" if channels == 1 else "RGB"
-    pixels = []
-    for path, _ in samples:
-        try:
-            with Image.open(path) as image:
-                image = image if image.mode == mode else image.convert(mode)
-                if image.size != (image_size, image_size):  # Pillow's bilinear antialiases, as resize_batch does
-                    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                pixels.append(np.asarray(image))
-        except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for truncated or foreign files
-            raise DatasetError(f"image {path} cannot be decoded ({one_line(error)}): replace it, or move it out "
-                               f"of the folder") from None
+    pixels = [decode_image_file(path, image_size, channels) for path, _ in samples]
     images = torch.from_numpy(np.stack(pixels)).view(len(pixels), image_size, image_size, channels)
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return ImageTensors(images.permute(0, 3, 1, 2).contiguous(), labels)
+
+
+@dataclass
+class ImageFiles(torch.utils.data.Dataset):
+    """A split of an image folder left on disk: decoded image by image when a batch asks for it."""
+    samples: list  # (path, label), in the folder's sorted order: the in-memory split's order
+    image_size: int
+    channels: int
+
+    def __post_init__(self) -> None:
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        pixels = decode_image_file(self.samples[index][0], self.image_size, self.channels)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
+    @property
+    def decoded_bytes(self) -> int:
+        return len(self) * self.channels * self.image_size ** 2
 
 
 def save_cache(payload, path: str) -> None:
@@ -153,15 +179,20 @@ def save_cache(payload, path: str) -> None:
         warnings.warn(f"could not cache decoded images in {path}: {error}")
 
 
-def load_image_folder(root: str, download: bool, image_size: int, channels: int):
+def image_folder_samples(root: str) -> list[list]:
+    """(path, label) of every image in root/train/<class>/ and root/test/<class>/, labels by sorted class name."""
     try:
         _, class_to_index = find_classes(os.path.join(root, "train"))
-        samples = [make_dataset(os.path.join(root, split), class_to_index, extensions=IMG_EXTENSIONS)
-                   for split in ("train", "test")]
+        return [make_dataset(os.path.join(root, split), class_to_index, extensions=IMG_EXTENSIONS)
+                for split in ("train", "test")]
     except FileNotFoundError as error:
         raise DatasetNotFoundError(
             f"image_folder not found in {root} (expected train/<class>/ and test/<class>/ holding "
             f"image files): {one_line(error)}. {ROOT_HINT}") from error
+
+
+def load_image_folder(root: str, download: bool, image_size: int, channels: int):
+    samples = image_folder_samples(root)
     names = "\n".join(f"{os.path.relpath(path, root)} {label}" for split in samples for path, label in split)
     key = hashlib.sha256(names.encode()).hexdigest()
     cache = os.path.join(root, f".rpe_bench_cache_{image_size}_{channels}.pt")
@@ -175,6 +206,12 @@ def load_image_folder(root: str, download: bool, image_size: int, channels: int)
     train, test = (decode_images(split, image_size, channels) for split in samples)
     save_cache({"key": key, "train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return train, test
+
+
+def image_folder_files(root: str, image_size: int, channels: int) -> tuple[ImageFiles, ImageFiles]:
+    """The streaming loader's splits: the same samples in the same order, nothing decoded yet."""
+    train, test = image_folder_samples(os.path.expanduser(root))
+    return ImageFiles(train, image_size, channels), ImageFiles(test, image_size, channels)
 
 
 LOADERS = {
@@ -223,9 +260,8 @@ class BatchIterator:
                  drop_last: bool = False, limit_batches: Optional[int] = None, output_size: Optional[int] = None,
                  shard: tuple[int, int] = (0, 1)):
         self.device = torch.device(device)
-        self.images = data.images.to(self.device, non_blocking=True)
         self.labels = data.labels.to(self.device, non_blocking=True)
-        channels = self.images.shape[1]
+        channels = self.hold(data)
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
             raise ValueError(f"mean {list(mean)} and std {list(std)} need 1 or {channels} values")
         # (x / 255 - mean) / std as one multiply-add.
@@ -236,6 +272,16 @@ class BatchIterator:
         self.augment = augment if augment and (augment.random_crop_padding or augment.horizontal_flip) else None
         self.drop_last, self.limit_batches, self.output_size = drop_last, limit_batches, output_size
         self.rank, self.world_size = shard
+
+    def hold(self, data: ImageTensors) -> int:
+        """Keeps the images on the device; returns their channels."""
+        self.images = data.images.to(self.device, non_blocking=True)
+        return self.images.shape[1]
+
+    def fetch(self, indices: list[torch.Tensor]):
+        """The uint8 images of each batch's indices, on the device, batch by batch."""
+        for index in indices:
+            yield self.images[index]
 
     def __len__(self) -> int:
         # A last, partial batch is kept only when every process gets at least one image of it.
@@ -256,14 +302,37 @@ class BatchIterator:
             offsets = self.random(torch.randint, 0, 2 * padding + 1, (count, 2))
             flips = (self.random(torch.randint, 0, 2, (count,)).bool() if self.augment.horizontal_flip
                      else torch.zeros(count, dtype=torch.bool, device=self.device))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            # Every process draws the same epoch and takes every world_size-th image of each batch.
-            window = slice(start + self.rank, start + self.batch_size, self.world_size)
+        # Every process draws the same epoch and takes every world_size-th image of each batch.
+        windows = [slice(start + self.rank, start + self.batch_size, self.world_size)
+                   for start in range(0, len(self) * self.batch_size, self.batch_size)]
+        for window, images in zip(windows, self.fetch([order[window] for window in windows])):
             index = order[window]
-            images = self.images[index]
             if self.augment:
                 images = crop_and_flip(images, padding, offsets[window], flips[window])
             images = images.float().mul_(self.scale).sub_(self.shift)
             if self.output_size is not None and images.shape[-1] != self.output_size:
                 images = resize_batch(images, self.output_size)
             yield images, self.labels[index]
+
+
+class StreamingBatchIterator(BatchIterator):
+    """BatchIterator over an image folder left on disk (dataset.loader=stream): the same epoch plan from the same
+    generator (order, crops, flips), so the same batches at a seed, but each batch's images are decoded by
+    DataLoader worker processes while the step before it trains. Memory stays bounded by the batches in flight
+    (workers x prefetch), whatever the folder's size."""
+
+    def __init__(self, data: ImageFiles, *args, workers: int = 1, prefetch_batches: int = 4, **kwargs):
+        self.workers, self.prefetch_batches = workers, prefetch_batches
+        super().__init__(data, *args, **kwargs)
+
+    def hold(self, data: ImageFiles) -> int:
+        self.files = data
+        return data.channels
+
+    def fetch(self, indices: list[torch.Tensor]):
+        loader = torch.utils.data.DataLoader(
+            self.files, batch_sampler=[index.tolist() for index in indices], num_workers=self.workers,
+            collate_fn=torch.stack, pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.prefetch_batches if self.workers else None)
+        for images in loader:
+            yield images.to(self.device, non_blocking=True)

@@ -48,11 +48,36 @@ def dataset_images(dataset) -> int:
                for _, _, files in os.walk(os.path.join(os.path.expanduser(dataset.root), split)))
 
 
+def decoded_bytes(dataset) -> int:
+    return dataset_images(dataset) * dataset.channels * dataset.image_size ** 2
+
+
+def available_memory_bytes() -> int:
+    """The memory this job may use: SLURM's grant inside a job (SLURM_MEM_PER_NODE, MB), else what the machine
+    has available now."""
+    granted = os.environ.get("SLURM_MEM_PER_NODE")
+    return int(granted) * 2**20 if granted else psutil.virtual_memory().available
+
+
+def loader_choice(dataset) -> tuple[str, str]:
+    """(memory or stream, why) for dataset.loader: `auto` streams an image folder whose decoded images would take
+    more than a quarter of the job's memory."""
+    requested = str(getattr(dataset.loader, "value", dataset.loader))
+    if requested != "auto":
+        return requested, f"dataset.loader={requested}"
+    if dataset.name != "image_folder":
+        return "memory", f"dataset={dataset.name} is small enough to hold in memory"
+    size, budget = decoded_bytes(dataset), available_memory_bytes()
+    kind, relation = ("memory", "at most") if size <= budget / 4 else ("stream", "more than")
+    return kind, (f"dataset.loader=auto: the decoded images take {gigabytes(size)}, {relation} a quarter of the "
+                  f"{gigabytes(budget)} this job may use")
+
+
 def job_memory_bytes(cfg) -> int:
     """A rough upper estimate of one training job's resident memory, from its dataset and model sizes."""
     dataset, model, trainer = cfg.dataset, cfg.model, cfg.trainer
-    # Decoding holds a second copy of the uint8 images for a moment.
-    data = 2 * dataset_images(dataset) * dataset.channels * dataset.image_size ** 2
+    # Decoding holds a second copy of the uint8 images for a moment; streaming holds a few batches at a time.
+    data = 2 * decoded_bytes(dataset) if loader_choice(dataset)[0] == "memory" else 0
     parameters = model.depth * (4 + 2 * model.mlp_ratio) * model.emb_dim ** 2
     tokens = 1 + (dataset.image_size // max(1, model.patch_size)) ** 2
     activations = 4 * trainer.batch_size * model.depth * (

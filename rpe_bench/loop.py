@@ -12,7 +12,9 @@ from tqdm import tqdm
 
 from rpe_bench import distributed
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from rpe_bench.data import Augment, BatchIterator
+from rpe_bench import distributed
+from rpe_bench.data import Augment, BatchIterator, ImageFiles, StreamingBatchIterator
+from rpe_bench.launching import usable_cores
 from rpe_bench.results import EpochRecord
 
 log = logging.getLogger("rpe_bench")
@@ -36,11 +38,20 @@ def batches_for(cfg, data, device, training: bool, image_size: int | None = None
     augment = cfg.dataset.augment
     if limit_batches is None:
         limit_batches = cfg.trainer.limit_train_batches if training else cfg.trainer.limit_val_batches
-    return BatchIterator(
-        data, batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
-        mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
-        augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if training else None,
-        limit_batches=limit_batches, output_size=image_size, shard=shard)
+    options = dict(batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
+                   mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
+                   augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if training else None,
+                   limit_batches=limit_batches, output_size=image_size, shard=shard)
+    if isinstance(data, ImageFiles):
+        return StreamingBatchIterator(data, workers=streaming_workers(cfg), **options)
+    return BatchIterator(data, **options)
+
+
+def streaming_workers(cfg) -> int:
+    """dataset.workers, else half the CPUs this process was granted (the other half trains)."""
+    if cfg.dataset.workers is not None:
+        return cfg.dataset.workers
+    return max(1, (distributed.slurm_cpus_per_task() or usable_cores()) // 2)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -21,7 +21,8 @@ from rpe_bench import provenance as run_provenance
 from rpe_bench.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
 from rpe_bench.config import ConfigError, register_configs, validate
-from rpe_bench.data import DatasetError, load_splits
+from rpe_bench.data import DatasetError, image_folder_files, load_splits
+from rpe_bench.launching import loader_choice
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
@@ -64,8 +65,13 @@ def start_processes(cfg) -> tuple[distributed.Processes, torch.device]:
 
 def set_up(cfg, processes: distributed.Processes, device: torch.device):
     """Data, model, optimizer and schedule: (Training, the test split for extrapolation)."""
-    train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
-                                        cfg.dataset.image_size, cfg.dataset.channels)
+    loader, why = loader_choice(cfg.dataset)
+    log.info("%s loader: %s", loader, why)
+    if loader == "stream":
+        train_data, test_data = image_folder_files(cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.channels)
+    else:
+        train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
+                                            cfg.dataset.image_size, cfg.dataset.channels)
     train_batches = batches_for(cfg, train_data, device, training=True,
                                 shard=(processes.rank, processes.world_size))
     model = build_model(cfg).to(device)

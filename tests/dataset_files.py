@@ -78,3 +78,15 @@ def write_image_folder(root):
             folder.mkdir(parents=True, exist_ok=True)
             save_image(image, folder / f"{index}.png")
     return splits["train"], splits["test"]
+
+
+def write_digits_folder(root, image_size=8):
+    """scikit-learn's digits (real data) as an image folder of JPEGs, in load_digits' train/test split."""
+    from rpe_bench.data import load_splits
+    splits = load_splits("digits", "unused", download=False, image_size=image_size, channels=1)
+    for split, data in zip(("train", "test"), splits):
+        for index, (image, label) in enumerate(zip(data.images, data.labels)):
+            folder = root / split / f"digit{int(label)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0].numpy()).save(folder / f"{index:04d}.jpg", quality=90)
+    return root
