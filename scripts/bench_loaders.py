@@ -1,5 +1,5 @@
-"""Benchmark the two loaders of an image folder: peak resident memory (the training process and its decoder
-workers together) and images per second of real training runs, with the data's share of the step time.
+"""Benchmark the two loaders of an image folder: peak memory (the training process and its decoder workers
+together) and images per second of real training runs, with the data's share of the step time.
 
 Folders: the CIFAR-10 JPEG copy (32 px), and two subsets of it upsampled to 224 px whose decoded size is several
 times a memory budget (`--budget-mb`), of different sizes: streaming's peak must stay the same whatever the
@@ -53,7 +53,9 @@ def images_in(folder: Path) -> int:
 
 
 class PeakMemory:
-    """The largest resident memory of a process and its children together, sampled every 0.1 s."""
+    """The largest memory of a process and its children together, sampled every 0.1 s: their proportional set
+    size (PSS), which counts the pages a forked worker shares with its parent once, where summing resident sizes
+    would count torch's libraries once per process."""
 
     def __init__(self, process: subprocess.Popen):
         self.process, self.peak = psutil.Process(process.pid), 0
@@ -64,7 +66,7 @@ class PeakMemory:
         while True:
             try:
                 tree = [self.process, *self.process.children(recursive=True)]
-                self.peak = max(self.peak, sum(member.memory_info().rss for member in tree))
+                self.peak = max(self.peak, sum(member.memory_full_info().pss for member in tree))
             except psutil.Error:
                 return
             time.sleep(0.1)
@@ -85,7 +87,7 @@ def train(folder: Path, image_size: int, patch_size: int, loader: str, batches: 
         raise RuntimeError(f"{' '.join(command)} failed: {errors[-2000:]}")
     record = json.loads((run_dir / "results.json").read_text())
     epoch = record["history"][0]
-    return {"loader": loader, "peak_rss_mb": peak.peak / 2**20, "images_per_second": epoch["images_per_second"],
+    return {"loader": loader, "peak_pss_mb": peak.peak / 2**20, "images_per_second": epoch["images_per_second"],
             "data_share": record["data_time_fraction"], "train_batches": batches,
             "command_seconds": time.perf_counter() - started}
 
@@ -121,13 +123,14 @@ def main() -> None:
     lines = ["# Loader benchmark: in memory against streaming", "",
              f"{meta['machine']}; commit {meta['code']['commit']}{' (dirty)' if meta['code']['dirty'] else ''}; "
              f"torch {meta['versions']['torch']}; {meta['measured_utc']}. Each row is one training run of "
-             f"{args.batches} batches of 64 (ViT {meta['model']}, 1 epoch), a new process; peak RSS is the "
-             f"training process and its decoder workers together, sampled every 0.1 s; images/s and the data "
-             f"share are the run's own (`results.json`). Memory budget: {args.budget_mb} MB.", "",
-             "| folder | images | decoded MB | loader | peak RSS MB | images/s | data share of step | run s |",
+             f"{args.batches} batches of 64 (ViT {meta['model']}, 1 epoch), a new process; peak memory is the "
+             f"training process and its decoder workers together (proportional set size: shared pages counted "
+             f"once), sampled every 0.1 s; images/s and the data share are the run's own (`results.json`). "
+             f"Memory budget: {args.budget_mb} MB.", "",
+             "| folder | images | decoded MB | loader | peak memory MB | images/s | data share of step | run s |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {row['folder']} | {row['images']:,} | {row['decoded_mb']:.0f} | {row['loader']} | "
-              f"{row['peak_rss_mb']:.0f} | {row['images_per_second']:.0f} | {100 * row['data_share']:.1f}% | "
+              f"{row['peak_pss_mb']:.0f} | {row['images_per_second']:.0f} | {100 * row['data_share']:.1f}% | "
               f"{row['command_seconds']:.0f} |" for row in rows]
     args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
