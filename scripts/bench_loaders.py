@@ -10,6 +10,7 @@ folder's size and within the budget, while the in-memory loader's grows with it.
 """
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -73,6 +74,7 @@ class PeakMemory:
 
 
 def train(folder: Path, image_size: int, patch_size: int, loader: str, batches: int, run_dir: Path) -> dict:
+    shutil.rmtree(run_dir, ignore_errors=True)  # a new run each time, never a resumed one
     command = [sys.executable, "-m", "rpe_bench.train", "dataset=image_folder", f"dataset.root={folder}",
                f"dataset.image_size={image_size}", f"model.patch_size={patch_size}", f"dataset.loader={loader}",
                "model.emb_dim=64", "model.depth=2", "model.num_heads=2", "trainer.epochs=1", "trainer.batch_size=64",
