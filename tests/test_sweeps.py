@@ -1,6 +1,7 @@
 """Sweeps and scale, run as the commands a user types: multirun W&B runs and the sweep report, a failing job inside
 a sweep, the submitit launchers, DDP under torchrun, and the GPU check script's guard."""
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -181,6 +182,33 @@ def test_torchrun_with_two_processes_writes_one_run_folder_and_matches_one_proce
     images = {"final_train_acc": 4 * 64, "final_val_acc": 2 * 64}
     for field, count in images.items():
         assert ddp[field] == pytest.approx(single[field], abs=1.01 / count), field
+
+
+def test_two_torchrun_agents_as_two_nodes_match_one_process(tmp_path):
+    """`--nnodes=2` with a c10d rendezvous on localhost, one agent per "node", each in its own folder: the same
+    update as one process, as with one agent and two processes above."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    run = ["trainer.epochs=2", "trainer.lr=1e-2", f"hydra.run.dir={ddp_dir}"]
+    endpoint = f"localhost:{29500 + os.getpid() % 1000}"
+    agents = []
+    for node in range(2):
+        workdir = tmp_path / f"node{node}"
+        workdir.mkdir()
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", f"--rdzv_id=test{os.getpid()}",
+                   "-m", "rpe_bench.train", *SWEEP_RUN, *run]
+        agents.append(subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, env={**own_wandb_environment(), "OMP_NUM_THREADS": "1"}))
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(output[-2000:] for output in outputs)
+    completed = train_command("trainer.epochs=2", "trainer.lr=1e-2", f"hydra.run.dir={single_dir}")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ddp, single = read_results(ddp_dir), read_results(single_dir)
+    assert ddp["provenance"]["world_size"] == 2
+    for ddp_epoch, single_epoch in zip(ddp["history"], single["history"], strict=True):
+        for field in ("train_loss", "val_loss"):
+            assert ddp_epoch[field] == pytest.approx(single_epoch[field], rel=1e-5), field
+    assert [list((tmp_path / f"node{node}").iterdir()) for node in range(2)] == [[], []]
 
 
 def test_a_failing_torchrun_leaves_no_files_outside_its_run_folder(tmp_path):
