@@ -1,1 +1,2 @@
-"""rpe_bench's Hydra launcher plugin: `hydra/launcher=parallel` (conf/hydra/launcher/parallel.yaml)."""
+"""rpe_bench's Hydra launcher plugins: `hydra/launcher=parallel` and `hydra/launcher=slurm`
+(conf/hydra/launcher/parallel.yaml, slurm.yaml)."""
