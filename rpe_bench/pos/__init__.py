@@ -39,6 +39,13 @@ def available() -> List[str]:
     return sorted(_ENCODINGS)
 
 
+def encoding_type(name: str) -> Type[PositionEncoding]:
+    """The class registered as `name`, with what it declares (relative, starts_as_rope, folds)."""
+    if name not in _ENCODINGS:
+        raise ValueError(f"unknown position encoding {name!r}; available: {', '.join(available())}")
+    return _ENCODINGS[name]
+
+
 def _allowed_types(annotation) -> tuple:
     """The runtime types an option annotated `annotation` accepts; an int is a valid float, a bool is no int."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -61,9 +68,7 @@ def _check_option_type(name: str, option: str, value, annotation) -> None:
 
 def build(name: str, head_dim: int, num_heads: int, generator: Optional[torch.Generator] = None,
           **options) -> PositionEncoding:
-    if name not in _ENCODINGS:
-        raise ValueError(f"unknown position encoding {name!r}; available: {', '.join(available())}")
-    encoding = _ENCODINGS[name]
+    encoding = encoding_type(name)
     parameters = {parameter.name: parameter for parameter in inspect.signature(encoding).parameters.values()
                   if parameter.name not in _SHAPE_ARGUMENTS}
     for option in options:

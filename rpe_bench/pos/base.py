@@ -11,7 +11,16 @@ class PositionEncoding(nn.Module):
 
     STRING variants have an orthogonal basis P per head, applied before the rotation. The attention folds P
     into its q/k projection (`projection_basis`), so per token only `rotate` runs, at RoPE's cost; `forward`
-    is the unfolded reference form of the same function."""
+    is the unfolded reference form of the same function.
+
+    What an encoding is, declared on its class and checked for every registered encoding by tests/test_contract.py:
+    `relative`: q_i . k_j depends only on r_i - r_j (LieRE's non-commuting generators are the exception);
+    `starts_as_rope`: at init, with its default options, its logits are axial RoPE's of its own base;
+    `folds`: it has a basis P (`basis()`), folded into the q/k projection."""
+
+    relative: bool = True
+    starts_as_rope: bool = False
+    folds: bool = False
 
     def __init__(self, head_dim: int, num_heads: int):
         super().__init__()

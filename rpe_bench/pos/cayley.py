@@ -11,6 +11,8 @@ class CayleyString(AxialRope):
     """S per head from its free strictly-upper entries (`generator`), initialised to 0 so that P = I and the
     encoding starts as exact axial RoPE. P is orthogonal with det +1 for any S."""
 
+    folds = True
+
     def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
         super().__init__(head_dim, num_heads, rope_base)
         rows, cols = torch.triu_indices(head_dim, head_dim, offset=1)

@@ -54,6 +54,8 @@ class CirculantString(RotaryEncoding):
     magnitudes with RoPE-Mixed's default base 10, a random direction per head), the smallest of them dropped
     for the non-rotating pair; a small random c would start almost without positional signal."""
 
+    folds = True
+
     def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0,
                  generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads)

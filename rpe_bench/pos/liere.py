@@ -23,6 +23,8 @@ class Liere(BlockLieEncoding):
     positions in [0, 1]) has no meaning in patch units; at b = 2 this init is exactly RoPE-Mixed's, with the
     pairs (2n, 2n + 1) instead of (n, n + d/2)."""
 
+    relative = False  # A_x and A_y do not commute
+
     def __init__(self, head_dim: int, num_heads: int, block_size: int = 8, rope_base: float = 10.0,
                  generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads, block_size)

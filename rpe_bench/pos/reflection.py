@@ -35,6 +35,8 @@ class ReflectionString(AxialRope):
     the same logits as RoPE up to that fixed change of basis, and any product of an odd number of
     reflections keeps det -1, so I is out of reach."""
 
+    folds = True  # and P = I at init for even k (the default, k = head_dim)
+
     def __init__(self, head_dim: int, num_heads: int, k: Optional[int] = None, rope_base: float = 100.0,
                  generator: Optional[torch.Generator] = None):
         count = head_dim if k is None else k
