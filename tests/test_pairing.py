@@ -1,5 +1,7 @@
 """Common random numbers: at one seed every encoding starts from the same shared weights and sees the same
 batches, so per-seed differences between encodings come from the encodings alone and pair across seeds."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +13,9 @@ from tests.helpers import compose_config
 
 # Two blocks, so the per-layer streams can be told apart; f = 0.3 so cayley_sparse's mask is a real draw.
 SMALL_MODEL = ["dataset=digits", "model.emb_dim=32", "model.depth=2", "model.num_heads=2", "sparsity=f0.3"]
-# Encoding -> the state its random init draws fills (parameters, or cayley_sparse's mask buffer).
-RANDOM_INIT = {"cayley_sparse": ["free_entries"], "reflection": ["vectors"], "rope_mixed": ["theta_x", "theta_y"],
-               "circulant": ["c_x", "c_y"]}
+# The encodings that draw random numbers at init: those whose constructor takes the model's generator.
+RANDOM_INIT = [name for name in pos.available()
+               if "generator" in inspect.signature(pos.encoding_type(name)).parameters]
 
 
 def seeded_model(name: str, seed: int, *overrides: str):
@@ -29,9 +31,8 @@ def shared_parameters(model) -> dict:
             if ".attention.position." not in name and name != "absolute_table"}
 
 
-def drawn_state(model, name: str, layer: int) -> dict:
-    state = model.blocks[layer].attention.position.state_dict()
-    return {key: state[key] for key in RANDOM_INIT[name]}
+def encoding_state(model, layer: int) -> dict:
+    return model.blocks[layer].attention.position.state_dict()
 
 
 @pytest.mark.parametrize("seed", [0, 5])
@@ -57,17 +58,20 @@ def test_shared_weights_follow_the_seed():
     assert not torch.equal(first.head.weight, second.head.weight)
 
 
-@pytest.mark.parametrize("name", sorted(RANDOM_INIT))
+@pytest.mark.parametrize("name", RANDOM_INIT)
 def test_encoding_draws_come_from_the_seed_and_the_layer_alone(name):
     model, cfg = seeded_model(name, 3)
     torch.manual_seed(12345)  # another global RNG state: the encoding draws must not see it
     rebuilt = build_model(cfg)
     other_seed, _ = seeded_model(name, 4)
-    first_layer, second_layer = drawn_state(model, name, 0), drawn_state(model, name, 1)
+    first_layer, second_layer = encoding_state(model, 0), encoding_state(model, 1)
     for key, value in first_layer.items():
-        assert torch.equal(drawn_state(rebuilt, name, 0)[key], value), key
-        assert not torch.equal(second_layer[key], value), f"layers 0 and 1 share {key}"
-        assert not torch.equal(drawn_state(other_seed, name, 0)[key], value), f"seeds 3 and 4 share {key}"
+        assert torch.equal(encoding_state(rebuilt, 0)[key], value), key
+    # What the draws filled (a mask, vectors, angles, rotations) differs between seeds and between layers.
+    drawn = [key for key, value in first_layer.items() if not torch.equal(encoding_state(other_seed, 0)[key], value)]
+    assert drawn, f"{name} takes a generator but nothing it holds depends on the seed"
+    for key in drawn:
+        assert not torch.equal(second_layer[key], first_layer[key]), f"layers 0 and 1 share {key}"
 
 
 def test_ape_table_comes_from_the_seed_alone():

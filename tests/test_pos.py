@@ -9,16 +9,14 @@ from omegaconf import OmegaConf
 
 from rpe_bench import pos
 from rpe_bench.pos.reflection import householder_basis
+from rpe_bench.pos.rotary import RotaryEncoding
 from tests.helpers import PROJECT
 from tests.tolerances import chain_bound, fp32_angle_bound
 
 HEADS, HEAD_DIM, TOKENS = 2, 12, 7
-STRING_VARIANTS = ["cayley_dense", "cayley_sparse", "reflection", "circulant"]
-ROTARY_VARIANTS = ["rope", "rope_mixed"] + STRING_VARIANTS
-LIE_VARIANTS = ["liere", "comrope_ap", "comrope_ld"]  # more in test_lie_encodings.py
-LEARNABLE = {"rope_mixed": {"theta_x", "theta_y"}, "cayley_dense": {"generator"}, "cayley_sparse": {"generator"},
-             "reflection": {"vectors"}, "circulant": {"c_x", "c_y"}, "liere": {"skew_entries"},
-             "comrope_ap": {"skew_entries"}, "comrope_ld": {"skew_entries", "scales"}}
+# From what the encodings declare and are (rpe_bench/pos/base.py), not from lists of names.
+STRING_VARIANTS = [name for name in pos.available() if pos.encoding_type(name).folds]
+ROTARY_VARIANTS = [name for name in pos.available() if issubclass(pos.encoding_type(name), RotaryEncoding)]
 # Options the tests' head dim 12 needs: f has no default; the default block size 8 does not divide 12.
 REQUIRED_OPTIONS = {"cayley_sparse": {"f": 0.5}, "liere": {"block_size": 4}, "comrope_ap": {"block_size": 6},
                     "comrope_ld": {"block_size": 4}}
@@ -255,7 +253,7 @@ def test_non_string_variants_have_no_basis(name):
     assert encoding.basis() is None and encoding.projection_basis() is None
 
 
-@pytest.mark.parametrize("name", sorted(LEARNABLE))
+@pytest.mark.parametrize("name", [name for name in pos.available() if list(make(name).parameters())])
 def test_gradients_reach_learnable_parameters_from_init(name):
     encoding = make(name)
     q, k = random_qk()
@@ -268,7 +266,7 @@ def test_gradients_reach_learnable_parameters_from_init(name):
 @pytest.mark.parametrize("name", pos.available())
 def test_no_weight_decay_lists_frequencies_and_generators(name):
     encoding = make(name)
-    assert encoding.no_weight_decay() == LEARNABLE.get(name, set())
+    # Every parameter of an encoding is a frequency, a generator or a vector: none decays.
     assert encoding.no_weight_decay() == {parameter_name for parameter_name, _ in encoding.named_parameters()}
 
 
