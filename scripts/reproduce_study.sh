@@ -47,6 +47,8 @@ publish() {  # publish <sweep name> <folder>: keep every run's results.json and 
     run=$2/runs/$(basename "$(dirname "$result")")
     mkdir -p "$run" && cp "$result" "$run/results.json"
   done
+  # The cost the sweep measured at its end (cost.json) goes with the report: a rebuild reads it, measuring nothing.
+  if [ -f "$RUNS/$1/cost.json" ]; then cp "$RUNS/$1/cost.json" "$2/cost.json"; fi
   python -m rpe_bench.compare "$2/runs" --output "$2"
 }
 

@@ -595,3 +595,31 @@ def test_the_report_runs_group_is_the_jobs_group(tmp_path, monkeypatch):
     # What a job of this sweep sees as its Hydra config when it names its W&B run.
     monkeypatch.setattr(tracking.HydraConfig, "get", staticmethod(lambda: cfg.hydra))
     assert tracking.run_identity(cfg)["group"] == sweep_group(cfg.hydra.sweep.dir) == "sweep-2026-11-29_10-00-00"
+
+
+def published_reports() -> list[Path]:
+    """Every published report whose raw runs are in the repository (the first MNIST study's are not)."""
+    reports = []
+    for markdown in sorted((PROJECT / "docs" / "results").rglob("comparison.md")):
+        dirs = published_dirs(markdown.parent)
+        if all((PROJECT / folder).is_dir() for folder in dirs):
+            reports.append(markdown.parent)
+    return reports
+
+
+def published_dirs(report: Path) -> list[str]:
+    """The run folders a report was built from, as its first line names them (relative to the project)."""
+    line = next(line for line in (report / "comparison.md").read_text().splitlines() if line.startswith("Runs under:"))
+    return line.removeprefix("Runs under: ").split(", ")
+
+
+@pytest.mark.parametrize("report", published_reports(), ids=lambda path: str(path.relative_to(PROJECT / "docs")))
+def test_every_published_report_rebuilds_from_its_raw_runs_unchanged(report, tmp_path, monkeypatch):
+    """comparison.csv and comparison.md, byte for byte, from the committed results.json files and cost.json (the
+    plots' bytes follow the matplotlib version, so they are not compared)."""
+    monkeypatch.chdir(PROJECT)
+    if (report / "cost.json").exists():
+        (tmp_path / "cost.json").write_bytes((report / "cost.json").read_bytes())
+    write_report(published_dirs(report), tmp_path)
+    for name in ("comparison.csv", "comparison.md"):
+        assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name

@@ -12,8 +12,8 @@ import pytest
 from rpe_bench import train as train_module
 from rpe_bench.loop import TrainingDiverged
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from tests.helpers import (PROJECT, TINY_RUN, own_wandb_environment, read_results, run_command, run_training,
-                           wandb_summary)
+from tests.helpers import (PROJECT, TINY_RUN, compose_config, own_wandb_environment, read_results, run_command,
+                           run_training, wandb_summary)
 
 NOTEBOOK_FIELDS = ["config", "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc",
                    "avg_epoch_time_sec", "inference_time_ms_per_batch"]
@@ -62,13 +62,13 @@ def test_same_seed_gives_the_same_losses(monkeypatch, tmp_path):
     assert losses[0] != losses[2]
 
 
-@pytest.mark.parametrize("name", ["none", "ape", "rope_mixed", "cayley_sparse", "reflection", "circulant", "liere",
-                                  "comrope_ap", "comrope_ld"])
+@pytest.mark.parametrize("name", sorted(path.stem for path in (PROJECT / "conf" / "pos").glob("*.yaml")))
 def test_every_encoding_trains_from_the_command_line_config(monkeypatch, tmp_path, name):
     run_training(monkeypatch, f"hydra.run.dir={tmp_path}", f"pos={name}", "sparsity=f0.5")
     results = read_results(tmp_path)
     assert results["config"]["pos_variant"] == name
-    assert results["config"]["f_sparse"] == (0.5 if name == "cayley_sparse" else None)
+    sparse = "f" in compose_config(f"pos={name}").pos.options
+    assert results["config"]["f_sparse"] == (0.5 if sparse else None)
 
 
 def test_rerunning_in_the_same_folder_resumes_the_same_wandb_run(monkeypatch, tmp_path):
