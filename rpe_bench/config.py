@@ -5,6 +5,7 @@ config extends `RunConfig`; values that are well typed but out of range are refu
 """
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -13,6 +14,9 @@ from omegaconf import II, MISSING, OmegaConf
 
 from rpe_bench import launching, pos
 from rpe_bench.coordinates import CoordinateAugmentation
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class ConfigError(ValueError):
@@ -160,8 +164,26 @@ class RunConfig:
     seed: int = 42
 
 
+def register_variants() -> None:
+    """`variant=<encoding>` for every conf/pos/<encoding>.yaml, and `variant=<encoding>_f<f>` for each sparsity
+    level of an encoding whose options read sparsity.f: one (encoding, sparsity) pair per name, for sweeps that
+    list pairs. Generated from the pos and sparsity configs, so that a new encoding's YAML is all it needs."""
+    store = ConfigStore.instance()
+    levels = {path.stem: OmegaConf.load(path).f for path in sorted((CONF_DIR / "sparsity").glob("*.yaml"))}
+    for path in sorted((CONF_DIR / "pos").glob("*.yaml")):
+        encoding = path.stem
+        if "f" not in (OmegaConf.load(path).get("options") or {}):
+            store.store(group="variant", name=encoding, package="_global_",
+                        node={"defaults": [{"override /pos": encoding}]})
+            continue
+        for level, f in levels.items():
+            store.store(group="variant", name=f"{encoding}_f{f}", package="_global_",
+                        node={"defaults": [{"override /pos": encoding}, {"override /sparsity": level}]})
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    register_variants()
     # Defaults of hydra/launcher=parallel (n_jobs) and of trainer.threads, resolved on the machine that runs.
     OmegaConf.register_new_resolver("rpe_bench.usable_cores", launching.usable_cores, replace=True)
     OmegaConf.register_new_resolver("rpe_bench.threads_per_job", launching.threads_per_job, replace=True)

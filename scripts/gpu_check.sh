@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU, in under 8 minutes: the position-encoding benchmark on the GPU, then one short
-# bf16 MNIST training per variant (conf/variant/) and their comparison table. MNIST is read from $RPE_BENCH_DATA
-# (else ./data). Tests and CI never run this.
+# bf16 MNIST training per variant (variant=..., generated from conf/pos) and their comparison table. MNIST is
+# read from $RPE_BENCH_DATA (else ./data). Tests and CI never run this.
 #
 #   RPE_BENCH_DATA=/data bash scripts/gpu_check.sh [OUTPUT_DIR]     # default outputs/gpu_check/<date>_<time>
 # PYTHON names the interpreter (default: python on PATH, e.g. the activated venv's).

@@ -5,17 +5,38 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from rpe_bench.config import ConfigError, validate
+from rpe_bench.config import ConfigError, register_configs, validate
 from tests.helpers import CONF_DIR, compose_config
 
 GROUPS = ["dataset", "model", "pos", "sparsity", "trainer", "logger", "variant", "experiment"]
 
 
 def options(group: str) -> list[str]:
+    """A group's options: its YAML files, and for `variant` the pairs generated from the pos and sparsity
+    configs (rpe_bench.config.register_variants)."""
+    if group == "variant":
+        register_configs()
+        return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list("variant"))
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_variants_pair_every_encoding_with_its_sparsity_levels():
+    variants = options("variant")
+    encodings = options("pos")
+    sparse = [name for name in encodings
+              if "f" in (OmegaConf.load(CONF_DIR / "pos" / f"{name}.yaml").get("options") or {})]
+    assert sparse == ["cayley_sparse"]
+    assert {name for name in encodings if name not in sparse} <= set(variants)
+    assert {"cayley_sparse_f1.0", "cayley_sparse_f0.5", "cayley_sparse_f0.3", "cayley_sparse_f0.2",
+            "cayley_sparse_f0.1"} <= set(variants)
+    cfg = compose_config("variant=cayley_sparse_f0.2")
+    assert (cfg.pos.name, cfg.sparsity.f, cfg.pos.options.f) == ("cayley_sparse", 0.2, 0.2)
+    assert compose_config("variant=liere").pos.name == "liere"
 
 
 def test_default_config_is_the_reference_notebook_first_cell():
