@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from rpe_bench import pos, provenance
 from rpe_bench.cost import Contender, interleaved_medians, perturb_position_parameters, warm_up
@@ -25,21 +26,25 @@ SHAPES = {
     "cifar (32x32, patch 4, emb 192)": VitShape(image_size=32, patch_size=4, channels=3, num_classes=10,
                                                 emb_dim=192, depth=4, num_heads=4),
 }
-# (label, registered name, options, APE table)
-VARIANTS = [
-    ("rope", "rope", {}, False),
-    ("none", "none", {}, False),
-    ("ape", "ape", {}, True),
-    ("rope_mixed", "rope_mixed", {}, False),
-    ("cayley_dense", "cayley_dense", {}, False),
-    ("cayley_sparse f=0.5", "cayley_sparse", {"f": 0.5}, False),
-    ("cayley_sparse f=0.1", "cayley_sparse", {"f": 0.1}, False),
-    ("reflection k=d", "reflection", {}, False),
-    ("circulant", "circulant", {}, False),
-    ("liere b=8", "liere", {}, False),
-    ("comrope_ap b=8", "comrope_ap", {}, False),
-    ("comrope_ld b=8", "comrope_ld", {}, False),
-]
+CONF_POS = Path(__file__).resolve().parents[1] / "conf" / "pos"
+SPARSE_FRACTIONS = (0.5, 0.1)
+
+
+def benchmark_variants() -> list[tuple[str, str, dict, bool]]:
+    """(label, registered name, options, APE table) for every encoding in conf/pos at its configured options,
+    RoPE first; an encoding that reads sparsity.f at each of SPARSE_FRACTIONS."""
+    variants = []
+    for path in sorted(CONF_POS.glob("*.yaml"), key=lambda path: (path.stem != "rope", path.stem)):
+        config = OmegaConf.load(path)
+        options = OmegaConf.to_container(config.get("options") or OmegaConf.create({}), resolve=False)
+        table = bool(config.get("absolute_table", False))
+        if "f" in options:
+            variants += [(f"{config.name} f={f}", config.name, {**options, "f": f}, table) for f in SPARSE_FRACTIONS]
+        else:
+            variants.append((config.name, config.name, options, table))
+    return variants
+
+
 # Variants also timed under bf16 autocast, the precision of the long CIFAR-10 runs; compared with RoPE in bf16.
 BF16_VARIANTS = ["rope", "cayley_dense", "reflection", "liere"]
 
@@ -58,7 +63,7 @@ def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, w
     images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size, device=device)
     labels = torch.randint(0, shape.num_classes, (batch_size,), device=device)
     contenders = {}
-    for label, name, options, absolute_table in VARIANTS:
+    for label, name, options, absolute_table in benchmark_variants():
         model = VisionTransformer(shape, name, options, absolute_table=absolute_table)
         perturb_position_parameters(model)
         contenders[label] = Contender(model, images, labels)
