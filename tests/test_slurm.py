@@ -27,7 +27,13 @@ def cluster_state() -> str:
         states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError) as error:
         return f"sinfo failed: {error}"
-    return "up" if any(state in states for state in ("idle", "mixed", "allocated")) else f"no node up ({states!r})"
+    if not any(state in states for state in ("idle", "mixed", "allocated")):
+        return f"no node up ({states!r})"
+    try:  # a node that is up but cannot run a job (munge, a daemon half started) is no cluster either
+        probe = subprocess.run(["srun", "-N1", "--time=1", "true"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"srun failed: {error}"
+    return "up" if probe.returncode == 0 else f"srun true failed: {probe.stderr.strip()[-200:]}"
 
 
 CLUSTER = cluster_state()
