@@ -166,10 +166,6 @@ class ImageFiles(torch.utils.data.Dataset):
         pixels = decode_image_file(self.samples[index][0], self.image_size, self.channels)
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
-    @property
-    def decoded_bytes(self) -> int:
-        return len(self) * self.channels * self.image_size ** 2
-
 
 def save_cache(payload, path: str) -> None:
     try:
@@ -305,8 +301,8 @@ class BatchIterator:
         # Every process draws the same epoch and takes every world_size-th image of each batch.
         windows = [slice(start + self.rank, start + self.batch_size, self.world_size)
                    for start in range(0, len(self) * self.batch_size, self.batch_size)]
-        for window, images in zip(windows, self.fetch([order[window] for window in windows])):
-            index = order[window]
+        indices = [order[window] for window in windows]
+        for window, index, images in zip(windows, indices, self.fetch(indices)):
             if self.augment:
                 images = crop_and_flip(images, padding, offsets[window], flips[window])
             images = images.float().mul_(self.scale).sub_(self.shift)

@@ -116,6 +116,7 @@ class FolderGuard(Callback):
 
     def on_run_start(self, config, **kwargs) -> None:
         global _snapshot
+        _snapshot = None  # a refusal must never put back another run's folder
         if not distributed.from_environment().is_main:  # the other ranks write nothing anyway
             return
         try:

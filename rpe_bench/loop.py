@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 from rpe_bench import distributed
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from rpe_bench import distributed
 from rpe_bench.data import Augment, BatchIterator, ImageFiles, StreamingBatchIterator
 from rpe_bench.launching import usable_cores
 from rpe_bench.results import EpochRecord

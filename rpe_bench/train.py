@@ -22,13 +22,13 @@ from rpe_bench.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpo
                                   save_checkpoint)
 from rpe_bench.config import ConfigError, register_configs, validate
 from rpe_bench.data import DatasetError, image_folder_files, load_splits
+from rpe_bench.failures import record_failure
 from rpe_bench.launching import loader_choice
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
 from rpe_bench.model import build_model, count_parameters, parameter_groups
-from rpe_bench.failures import record_failure
 from rpe_bench.results import EpochRecord, RunConfigRecord, RunResult, write_result
-from rpe_bench.run_folder import RunFolderInUse, check_same_run, run_identity
+from rpe_bench.run_folder import RunFolderInUse, RunFolderRefused, check_same_run, run_identity
 from rpe_bench.tracking import log_epoch, log_result, wandb_run
 
 log = logging.getLogger("rpe_bench")
@@ -192,9 +192,12 @@ def main(cfg: DictConfig) -> float | None:
         validate(cfg)  # a single run was checked before Hydra wrote (folder_guard); a sweep's jobs are not
         distributed.pick_device(cfg.trainer.device.value)
         result = train(cfg, output_dir)
-    except RunFolderInUse as error:
-        # The folder and everything in it belong to a live run: write nothing there, put nothing back.
+    except RunFolderRefused as error:
+        # The folder belongs to another run (a live one, or another config's checkpoint): no failure record there.
+        # A single run puts back what Hydra wrote, except beside a live run, which is writing there.
         if not multirun:
+            if not isinstance(error, RunFolderInUse):
+                folder_guard.put_back()
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         log.error("job refused: %s", error)

@@ -73,6 +73,13 @@ def test_a_refusal_found_after_hydra_wrote_puts_the_folder_back(run_copy, tmp_pa
     assert contents(run_copy) == before
 
 
+def test_a_checkpoint_of_another_run_is_refused_and_the_folder_put_back(run_copy):
+    before = contents(run_copy)
+    line = one_line_refusal(train_process(f"hydra.run.dir={run_copy}", "pos=reflection", "trainer.epochs=3"))
+    assert "holds a checkpoint of another run" in line
+    assert contents(run_copy) == before
+
+
 @pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint", "lacks_keys"])
 def test_a_damaged_checkpoint_is_named_with_what_to_do_and_nothing_changes(run_copy, damage):
     checkpoint = run_copy / CHECKPOINT_NAME
