@@ -28,6 +28,8 @@ def rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
+    """Every generator state is a host byte tensor, whichever device the run trains on: load checkpoints with
+    map_location="cpu" (load_checkpoint's default)."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
@@ -51,14 +53,18 @@ def save_checkpoint(folder: Path, state: dict) -> Path:
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "wandb_run_id")
 
 
-def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
-    """The latest checkpoint in `folder`, or None when there is none. A damaged one raises CheckpointError with
-    one line saying what to do; nothing in the folder is changed."""
+def load_checkpoint(folder: Path) -> dict | None:
+    """The latest checkpoint in `folder`, on the host, or None when there is none. A damaged one raises
+    CheckpointError with one line saying what to do; nothing in the folder is changed.
+
+    Always the host: the generator states must be host tensors, and load_state_dict moves weights and optimizer
+    moments to their parameters' device while AdamW's step counters stay on the host, where reading them each
+    step costs no device sync."""
     path = Path(folder) / CHECKPOINT_NAME
     if not path.exists():
         return None
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         problem = None if isinstance(checkpoint, dict) else f"holds a {type(checkpoint).__name__}, not a checkpoint"
         missing = [] if problem else [key for key in REQUIRED_KEYS if key not in checkpoint]
         problem = problem or (f"lacks {', '.join(missing)}" if missing else None)

@@ -36,7 +36,7 @@ def log_uniform(count: int, limit: float, generator: torch.Generator) -> torch.T
 
 
 class CoordinateAugmentation(nn.Module):
-    """DINOv3's train-time augmentation of the patch coordinates, one draw per forward pass shared by the batch
+    """DINOv3's train-time augmentation of the patch coordinates, one draw per training step shared by the batch
     and every layer. In DINOv3's frame, where the training image spans [-1, 1] on each axis, c -> (c + offset) *
     scale with the offset uniform in [-shift, shift] per axis and the scale log-uniform in [1/jitter, jitter]
     per axis times one log-uniform factor in [1/rescale, rescale]; null turns a part off. CLS stays at the
@@ -55,7 +55,10 @@ class CoordinateAugmentation(nn.Module):
         self.shift, self.jitter, self.rescale = shift, jitter, rescale
         self.generator = generator
 
-    def forward(self, coords: torch.Tensor, training_grid: int) -> torch.Tensor:
+    def draw(self, device: torch.device) -> torch.Tensor:
+        """One training step's draw (offset x, offset y, scale x, scale y), made on the host from the own
+        generator, so every device sees the same draws at a seed (common random numbers), and moved to `device`
+        without making the host wait. Drawn outside the forward pass, so a compiled model stays one graph."""
         offset, scale = torch.zeros(2), torch.ones(2)
         if self.shift is not None:
             offset = (2 * torch.rand(2, generator=self.generator) - 1) * self.shift
@@ -63,9 +66,17 @@ class CoordinateAugmentation(nn.Module):
             scale = scale * log_uniform(2, self.jitter, self.generator)
         if self.rescale is not None:
             scale = scale * log_uniform(1, self.rescale, self.generator)
+        drawn = torch.cat([offset, scale])
+        if torch.device(device).type == "cuda":
+            drawn = drawn.pin_memory()  # a copy from pageable memory would wait for the device
+        return drawn.to(device, non_blocking=True)
+
+    def forward(self, coords: torch.Tensor, training_grid: int, drawn: torch.Tensor) -> torch.Tensor:
+        """`coords` moved by one `draw`."""
+        offset, scale = drawn[:2].to(coords.dtype), drawn[2:].to(coords.dtype)
         # Patch units u and DINOv3's frame c: c = (u - centre) / half_span.
         centre, half_span = (training_grid - 1) / 2, training_grid / 2
-        patches = centre + (coords[1:] - centre + offset.to(coords) * half_span) * scale.to(coords)
+        patches = centre + (coords[1:] - centre + offset * half_span) * scale
         return torch.cat([coords[:1], patches])
 
     def get_extra_state(self) -> torch.Tensor:

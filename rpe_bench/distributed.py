@@ -1,6 +1,7 @@
 """DistributedDataParallel from torchrun's or SLURM's environment: one process per device, rank 0 alone writes."""
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -57,12 +58,31 @@ def slurm_cpus_per_task() -> int | None:
     return int(value) if value else None
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# The parallel launcher gives each job one GPU slot through this variable (its worker processes outlive a job,
+# so CUDA_VISIBLE_DEVICES, read once when CUDA starts, cannot change between jobs).
+GPU_SLOT_VARIABLE = "RPE_BENCH_GPU"
+
+
+def pick_device(requested: str, local_rank: int = 0) -> tuple[torch.device, str]:
+    """(the device, why it was chosen). A CUDA device is the parallel launcher's GPU slot for this job, else
+    the process's local rank (one process per GPU under torchrun or srun)."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available: allowed here are auto, cpu")
-    return torch.device(requested)
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        why = (f"trainer.device={requested}" if requested == "cpu" else
+               "trainer.device=auto and torch sees no CUDA device" +
+               (f" (CUDA_VISIBLE_DEVICES={hidden!r})" if hidden is not None else ""))
+        return torch.device("cpu"), why
+    slot = os.environ.get(GPU_SLOT_VARIABLE)
+    index = int(slot) if slot is not None else local_rank
+    visible = torch.cuda.device_count()
+    if index >= visible:
+        raise ConfigError(f"GPU {index} (local rank {local_rank}) is not one of the {visible} visible: start at most "
+                          f"{visible} processes per node")
+    source = "the parallel launcher's GPU slot" if slot is not None else f"local rank {local_rank}"
+    return torch.device("cuda", index), (f"trainer.device={requested}, {visible} GPU(s) visible, GPU {index} from "
+                                         f"{source}: {torch.cuda.get_device_name(index)}")
 
 
 def start(processes: Processes, device: torch.device) -> None:
@@ -83,6 +103,30 @@ def sum_over_processes(processes: Processes, *values: torch.Tensor) -> list[torc
     stacked = torch.stack([value.double() for value in values])
     dist.all_reduce(stacked)
     return list(stacked.unbind())
+
+
+def mean_over_processes(processes: Processes, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar over the processes: every process gets the same number."""
+    if not processes.distributed:
+        return value
+    total = value.detach().double().clone()
+    dist.all_reduce(total)
+    return total / processes.world_size
+
+
+def barrier(processes: Processes) -> None:
+    if processes.distributed:
+        dist.barrier()
+
+
+@contextmanager
+def main_process_first(processes: Processes):
+    """The main process runs the body first (a download, say); the others wait for it, then run it too."""
+    if not processes.is_main:
+        barrier(processes)
+    yield
+    if processes.is_main:
+        barrier(processes)
 
 
 def main_output_dir(processes: Processes, output_dir) -> str:

@@ -8,6 +8,7 @@ jobs one after another on every core (docs/bench_sweep.md).
 import os
 
 import psutil
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
@@ -28,6 +29,32 @@ def usable_cores() -> int:
     """The cores this process may run on: CPU affinity (taskset, a container's cpuset) can make them fewer than
     the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def visible_gpus() -> int:
+    """The CUDA GPUs torch sees in this process (CUDA_VISIBLE_DEVICES applied), 0 without CUDA."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def trains_on_gpu(device: str) -> bool:
+    """Whether trainer.device puts a job on a GPU here."""
+    return str(getattr(device, "value", device)) != "cpu" and visible_gpus() > 0
+
+
+def parallel_jobs(device: str = "auto", jobs_per_gpu: int = 1) -> int:
+    """The parallel launcher's n_jobs by default: one job per GPU slot when the jobs train on GPUs, else one per
+    usable core."""
+    return visible_gpus() * int(jobs_per_gpu) if trains_on_gpu(device) else usable_cores()
+
+
+def gpu_slots(jobs_per_gpu: int) -> list[int]:
+    """The GPU index of each slot: jobs_per_gpu slots per visible GPU, the GPUs interleaved so that the first
+    jobs spread over all of them."""
+    return [gpu for _ in range(jobs_per_gpu) for gpu in range(visible_gpus())]
+
+
+def jobs_use_gpus(job_configs) -> bool:
+    return any(trains_on_gpu(cfg.trainer.device) for cfg in job_configs)
 
 
 def threads_per_job() -> int | None:
@@ -74,27 +101,71 @@ def loader_choice(dataset) -> tuple[str, str]:
                   f"{gigabytes(budget)} this job may use")
 
 
-def job_memory_bytes(cfg) -> int:
-    """A rough upper estimate of one training job's resident memory, from its dataset and model sizes."""
+def model_bytes(cfg) -> int:
+    """Weights, gradients, AdamW's moments and the activations a training step keeps, float32."""
     dataset, model, trainer = cfg.dataset, cfg.model, cfg.trainer
-    # Decoding holds a second copy of the uint8 images for a moment; streaming holds a few batches at a time.
-    data = 2 * decoded_bytes(dataset) if loader_choice(dataset)[0] == "memory" else 0
     parameters = model.depth * (4 + 2 * model.mlp_ratio) * model.emb_dim ** 2
     tokens = 1 + (dataset.image_size // max(1, model.patch_size)) ** 2
     activations = 4 * trainer.batch_size * model.depth * (
         SAVED_VALUES_PER_TOKEN_CHANNEL * tokens * model.emb_dim + 2 * model.num_heads * tokens ** 2)
-    return int(JOB_BASELINE_BYTES + data + BYTES_PER_PARAMETER * parameters + activations)
+    return int(BYTES_PER_PARAMETER * parameters + activations)
+
+
+def job_memory_bytes(cfg) -> int:
+    """A rough upper estimate of one training job's resident memory, from its dataset and model sizes."""
+    # Decoding holds a second copy of the uint8 images for a moment; streaming holds a few batches at a time.
+    data = 2 * decoded_bytes(cfg.dataset) if loader_choice(cfg.dataset)[0] == "memory" else 0
+    return int(JOB_BASELINE_BYTES + data + model_bytes(cfg))
+
+
+# A CUDA context and the kernels it loads take this much of a GPU's memory before a job allocates anything.
+CUDA_CONTEXT_BYTES = 1000 * 2**20
+
+
+def job_gpu_memory_bytes(cfg) -> int:
+    """A rough upper estimate of one training job's memory on its GPU: the in-memory loader keeps the uint8
+    images there."""
+    data = decoded_bytes(cfg.dataset) if loader_choice(cfg.dataset)[0] == "memory" else 0
+    return int(CUDA_CONTEXT_BYTES + data + model_bytes(cfg))
+
+
+def free_gpu_bytes() -> list[int]:
+    return [torch.cuda.mem_get_info(index)[0] for index in range(visible_gpus())]
 
 
 def gigabytes(size: float) -> str:
     return f"{size / 2**30:.1f} GB"
 
 
-def parallel_jobs_refusal(parallel_jobs: int, job_configs) -> str | None:
+def gpu_jobs_refusal(jobs_per_gpu: int, job_configs) -> str | None:
+    """One line refusing `jobs_per_gpu` when that many of the sweep's largest jobs would not fit in the free
+    memory of the fullest GPU; None when they fit."""
+    if jobs_per_gpu < 1:
+        return f"hydra.launcher.jobs_per_gpu={jobs_per_gpu} must be >= 1"
+    estimates = sorted((job_gpu_memory_bytes(cfg) for cfg in job_configs), reverse=True)
+    needed = sum(estimates[:jobs_per_gpu])
+    free = free_gpu_bytes()
+    fullest = min(range(len(free)), key=free.__getitem__)
+    if needed <= free[fullest]:
+        return None
+    return (f"hydra.launcher.jobs_per_gpu={jobs_per_gpu} needs about {gigabytes(needed)} on each GPU (up to "
+            f"{gigabytes(estimates[0])} per job, estimated from dataset and model) but GPU {fullest} has "
+            f"{gigabytes(free[fullest])} free: allowed here jobs_per_gpu <= {max(1, free[fullest] // estimates[0])}")
+
+
+def parallel_jobs_refusal(parallel_jobs: int, job_configs, jobs_per_gpu: int = 1) -> str | None:
     """One line refusing `parallel_jobs` when the largest jobs of the sweep, that many at once, would not fit in
-    the available memory; None when they fit."""
+    the available memory, or `jobs_per_gpu` when that many would not fit on a GPU; None when they fit."""
     if parallel_jobs < 1:
         return f"hydra.launcher.n_jobs={parallel_jobs} must be >= 1"
+    if jobs_use_gpus(job_configs):
+        slots = len(gpu_slots(jobs_per_gpu))
+        if parallel_jobs > slots:
+            return (f"hydra.launcher.n_jobs={parallel_jobs} is more than the {slots} GPU slots ({visible_gpus()} "
+                    f"GPU(s) x jobs_per_gpu={jobs_per_gpu}): allowed n_jobs <= {slots}, or raise jobs_per_gpu")
+        refusal = gpu_jobs_refusal(jobs_per_gpu, job_configs)
+        if refusal:
+            return refusal
     estimates = sorted((job_memory_bytes(cfg) for cfg in job_configs), reverse=True)
     at_once = estimates[:parallel_jobs]
     needed, available = sum(at_once), psutil.virtual_memory().available

@@ -89,74 +89,146 @@ class Training:
     autocast: object
     device: torch.device
     processes: distributed.Processes
+    # Whether this process has trained a step yet: its first steps are timed as warm-up.
+    warmed_up: bool = False
+
+
+class DataTimer:
+    """Seconds spent producing batches. On a GPU a batch's indexing and normalising are kernels that run later
+    than the host launches them, so a host clock would time only the launches: CUDA events bracket them on the
+    device's stream instead (including any time the device waits for a batch), read once at the epoch's end."""
+
+    def __init__(self, device: torch.device):
+        self.on_device = device.type == "cuda"
+        self.host_seconds, self.event_pairs = 0.0, []
+        self._start = None
+
+    def start(self) -> None:
+        if self.on_device:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.on_device:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.event_pairs.append((self._start, end))
+        else:
+            self.host_seconds += time.perf_counter() - self._start
+
+    def seconds(self) -> float:
+        """After the device has been synchronised."""
+        return self.host_seconds + sum(start.elapsed_time(end) for start, end in self.event_pairs) / 1000
+
+
+def train_step(training: Training, images: torch.Tensor, labels: torch.Tensor,
+               grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step: (the loss, the number of correct predictions), both left on the device. Nothing in a
+    step makes the host wait for the device (tests/test_gpu_path.py counts every such wait)."""
+    coordinate_draw = training.model.draw_coordinate_augmentation(training.device)
+    with training.autocast:
+        logits = training.forward_model(images, coordinate_draw)
+    loss = F.cross_entropy(logits.float(), labels)
+    training.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(training.model.parameters(), grad_clip)
+    training.optimizer.step()
+    training.scheduler.step()
+    return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
+
+def finite_mean_loss(processes: distributed.Processes, loss: torch.Tensor, where: str, output_dir: Path) -> float:
+    """The loss averaged over the processes, read once per logging interval: the one wait for the device
+    between epochs. Every process gets the same number, so a non-finite loss on any of them stops them all
+    with the same error instead of leaving the others to a collective's time-out."""
+    step_loss = distributed.mean_over_processes(processes, loss).item()
+    if not math.isfinite(step_loss):
+        raise TrainingDiverged.at(step_loss, where, output_dir)
+    return step_loss
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# The first steps a process trains compile (trainer.compile) and warm up its libraries: timed apart from the
+# epoch, whose times are then the steady state's.
+WARMUP_STEPS = 1
 
 
 def train_epoch(training: Training, cfg, epoch: int, run, output_dir: Path) -> EpochRecord:
-    """One pass over the training batches, then evaluation; raises TrainingDiverged on a non-finite loss."""
-    model, device, processes = training.forward_model, training.device, training.processes
+    """One pass over the training batches, then evaluation; raises TrainingDiverged on a non-finite loss, on
+    every process at once."""
+    device, processes = training.device, training.processes
     steps_per_epoch = len(training.train_batches)
     step = (epoch - 1) * steps_per_epoch
-    model.train()
+    training.model.train()
     training.train_batches.generator = epoch_generator(cfg.seed, epoch)
     progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}",
                     disable=not (processes.is_main and sys.stderr.isatty()), leave=False)
     loss_sum = torch.zeros((), device=device)
     correct, seen = torch.zeros((), device=device, dtype=torch.long), torch.zeros((), device=device, dtype=torch.long)
-    data_seconds, epoch_start = 0.0, time.perf_counter()
+    # Warm-up only where steady steps remain to be timed.
+    warmup_steps = WARMUP_STEPS if not training.warmed_up and steps_per_epoch > WARMUP_STEPS else 0
+    warmup_seconds, warmup_images, images_seen, data_timer = 0.0, 0, 0, DataTimer(device)
+    epoch_start = time.perf_counter()
     batch_iterator = iter(training.train_batches)
-    while True:
-        data_start = time.perf_counter()
-        batch = next(batch_iterator, None)
-        data_seconds += time.perf_counter() - data_start
-        if batch is None:
-            break
-        images, labels = batch
-        with training.autocast:
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        training.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.trainer.grad_clip:
-            torch.nn.utils.clip_grad_norm_(training.model.parameters(), cfg.trainer.grad_clip)
-        training.optimizer.step()
-        training.scheduler.step()
+    for index in range(steps_per_epoch):
+        if index == warmup_steps and warmup_steps:
+            synchronize(device)  # once per process, after its warm-up
+            warmup_seconds, warmup_images = time.perf_counter() - epoch_start, images_seen
+            data_timer, epoch_start = DataTimer(device), time.perf_counter()
+        data_timer.start()
+        images, labels = next(batch_iterator)
+        data_timer.stop()
+        loss, step_correct = train_step(training, images, labels, cfg.trainer.grad_clip)
         step += 1
-        loss_sum += loss.detach() * labels.numel()
-        correct += (logits.detach().argmax(1) == labels).sum()
+        loss_sum += loss * labels.numel()
+        correct += step_correct
         seen += labels.numel()
+        images_seen += labels.numel()
         progress.update()
         if step % cfg.logger.log_every_steps == 0:
-            step_loss = loss.item()
-            if not math.isfinite(step_loss):
-                raise TrainingDiverged.at(step_loss, f"epoch {epoch}, step {step}", output_dir)
+            step_loss = finite_mean_loss(processes, loss, f"epoch {epoch}, step {step}", output_dir)
             run.log({"step": step, "step_loss": step_loss, "learning_rate": training.scheduler.get_last_lr()[0]})
             progress.set_postfix(loss=f"{step_loss:.4f}")
             if progress.disable and step % PROGRESS_LINE_EVERY_STEPS == 0:
                 log.info("epoch %d step %d/%d loss %.4f", epoch, step - (epoch - 1) * steps_per_epoch,
                          steps_per_epoch, step_loss)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     epoch_seconds = time.perf_counter() - epoch_start
+    training.warmed_up = True
     progress.close()
+    steady_steps = steps_per_epoch - warmup_steps
     loss_sum, correct, seen = (value.item() for value in
                                distributed.sum_over_processes(processes, loss_sum, correct, seen))
     if not math.isfinite(loss_sum / seen):
         raise TrainingDiverged.at(loss_sum / seen, f"epoch {epoch}", output_dir)
     val_loss, val_acc, _ = evaluate(training.model, training.test_batches, training.autocast)
     return EpochRecord(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, val_loss=val_loss,
-                       val_acc=val_acc, epoch_seconds=epoch_seconds, images_per_second=seen / epoch_seconds,
-                       data_seconds=data_seconds, step_ms=1000 * epoch_seconds / steps_per_epoch)
+                       val_acc=val_acc, epoch_seconds=epoch_seconds,
+                       images_per_second=(images_seen - warmup_images) / epoch_seconds,
+                       data_seconds=data_timer.seconds(), step_ms=1000 * epoch_seconds / steady_steps,
+                       warmup_seconds=warmup_seconds, warmup_steps=warmup_steps)
 
 
 @torch.inference_mode()
 def evaluate(model, batches, autocast) -> tuple[float, float, int]:
-    """Mean loss, accuracy and the number of images seen."""
+    """Mean loss, accuracy and the number of images seen; the sums stay on the device until the end."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    loss_sum, correct, count = None, None, 0
     for images, labels in batches:
         with autocast:
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        # Summed in fp64, as the host's floats would: the same numbers as reading each batch's sum.
+        batch_loss = F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        batch_correct = (logits.argmax(1) == labels).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         count += labels.numel()
+    loss_sum, correct = torch.stack([loss_sum, correct.double()]).cpu().tolist()  # the one wait, at the end
     return loss_sum / count, correct / count, count

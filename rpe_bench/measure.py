@@ -1,8 +1,10 @@
 """What a trained model is measured on after training: inference time, resolution extrapolation, memory."""
 import copy
+import re
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Dict
 
 import torch
@@ -12,11 +14,14 @@ from rpe_bench.results import ExtrapolationRecord
 
 
 @torch.inference_mode()
-def inference_ms_per_batch(model, images, repeats: int, autocast, device) -> float:
+def inference_ms_per_batch(model, images, repeats: int, autocast, device, compiled: bool = False) -> float:
     """Median over `repeats` batches after warm-up, in eval mode, with every STRING basis folded into the
-    projections once (the deployment form)."""
+    projections once (the deployment form), and compiled when the run trained compiled (the warm-up batches
+    compile it)."""
     folded = copy.deepcopy(model).eval()
     folded.fold_position_bases_()
+    if compiled:
+        folded = torch.compile(folded)
     timings = []
     for index in range(repeats + 2):
         start = time.perf_counter()
@@ -40,7 +45,28 @@ def extrapolation(cfg, model, test_data, autocast, device) -> Dict[str, Extrapol
     return records
 
 
+PROCESS_STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory(device) -> None:
+    """Starts this job's peak afresh: a worker process that ran other jobs before would report theirs. On the
+    host, Linux resets the resident-set high-water mark (VmHWM) when "5" is written to clear_refs; getrusage's
+    ru_maxrss, which never resets, is the fallback elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device) -> float:
+    """The peak since reset_peak_memory: device memory allocated on a GPU, the resident set on the host."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        status = PROCESS_STATUS.read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

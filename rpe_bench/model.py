@@ -10,6 +10,7 @@ from torch import nn
 from rpe_bench import pos as position_encodings
 from rpe_bench.config import Coordinates
 from rpe_bench.coordinates import CoordinateAugmentation, patch_coordinates
+from rpe_bench.numerics import autocast_off
 from rpe_bench.pos.base import PositionEncoding
 
 
@@ -56,7 +57,7 @@ def fold_basis(weight: torch.Tensor, bias: torch.Tensor, basis: torch.Tensor):
     qk_weight = weight[: 2 * emb_dim].view(2, heads, head_dim, emb_dim)
     qk_bias = bias[: 2 * emb_dim].view(2, heads, head_dim)
     basis = basis.to(weight.dtype)
-    with torch.autocast(weight.device.type, enabled=False):
+    with autocast_off(weight.device.type):
         folded_weight = torch.einsum("hij,shjc->shic", basis, qk_weight).reshape(2 * emb_dim, emb_dim)
         folded_bias = torch.einsum("hij,shj->shi", basis, qk_bias).reshape(2 * emb_dim)
     return torch.cat([folded_weight, weight[2 * emb_dim:]]), torch.cat([folded_bias, bias[2 * emb_dim:]])
@@ -144,23 +145,34 @@ class VisionTransformer(nn.Module):
         grid = F.interpolate(grid, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
         return grid.flatten(2).transpose(1, 2)
 
-    def token_coordinates(self, grid_height: int, grid_width: int, device) -> torch.Tensor:
+    def draw_coordinate_augmentation(self, device) -> Optional[torch.Tensor]:
+        """The next training step's coordinate augmentation on `device`, or None (none configured, or eval
+        mode). The training step draws it and passes it to forward: drawn inside, it would split a compiled
+        graph."""
+        if not (self.training and self.coordinate_augmentation is not None):
+            return None
+        return self.coordinate_augmentation.draw(device)
+
+    def token_coordinates(self, grid_height: int, grid_width: int, device,
+                          coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
         """CLS and patch positions for the encodings under `pos.coordinates` (rpe_bench.coordinates), relative to
-        the training grid; augmented in training mode only."""
+        the training grid; augmented in training mode only, by `coordinate_draw` or else a draw made here."""
         training_grid = self.grid_size if self.coordinates is Coordinates.normalized else None
         coords = patch_coordinates(grid_height, grid_width, training_grid, device=device)
         if self.training and self.coordinate_augmentation is not None:
-            coords = self.coordinate_augmentation(coords, self.grid_size)
+            if coordinate_draw is None:
+                coordinate_draw = self.coordinate_augmentation.draw(coords.device)
+            coords = self.coordinate_augmentation(coords, self.grid_size, coordinate_draw)
         return coords
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor, coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
         patches = self.patch_embedding(images)
         grid_height, grid_width = patches.shape[-2:]
         x = patches.flatten(2).transpose(1, 2)
         if self.absolute_table is not None:
             x = x + self.absolute_positions(grid_height, grid_width)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        coords = self.token_coordinates(grid_height, grid_width, images.device)
+        coords = self.token_coordinates(grid_height, grid_width, images.device, coordinate_draw)
         for block in self.blocks:
             x = block(x, coords)
         return self.norm(x[:, 0])
@@ -168,8 +180,8 @@ class VisionTransformer(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
+    def forward(self, images: torch.Tensor, coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images, coordinate_draw))
 
     @torch.no_grad()
     def fold_position_bases_(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from rpe_bench.launching import usable_cores
+from rpe_bench.numerics import cuda_record, numerics_record
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIBRARIES = ("torch", "torchvision", "hydra-core", "omegaconf", "wandb", "numpy")
@@ -55,6 +56,7 @@ def cpu_model() -> str:
 def device_description(device: torch.device) -> Dict[str, Any]:
     described = {"type": device.type, "cpu_model": cpu_model(), "cpu_cores": usable_cores()}
     if device.type == "cuda":
+        # count: the GPUs visible to the process; provenance's cuda record says how many the run used.
         described.update(name=torch.cuda.get_device_name(device), count=torch.cuda.device_count())
     else:
         described.update(name=described["cpu_model"], count=1)
@@ -62,12 +64,14 @@ def device_description(device: torch.device) -> Dict[str, Any]:
 
 
 def collect(device: torch.device, world_size: int, parallel_jobs: int, overrides: List[str],
-            started_utc: str) -> Dict[str, Any]:
+            started_utc: str, trainer) -> Dict[str, Any]:
     """Everything but `finished_utc`, which the run adds when it writes its record."""
     return {
         "code": code_version(), "versions": library_versions(), "device": device_description(device),
         "threads": torch.get_num_threads(), "world_size": world_size, "parallel_jobs": parallel_jobs,
+        "numerics": numerics_record(trainer),
         "started_utc": started_utc, "finished_utc": None, "overrides": list(overrides),
+        **({"cuda": cuda_record(device, world_size)} if device.type == "cuda" else {}),
         **({"slurm": slurm_job()} if "SLURM_JOB_ID" in os.environ else {}),
     }
 
@@ -125,6 +129,17 @@ def differences(provenances: List[Optional[Dict[str, Any]]]) -> List[str]:
     }
     for aspect, value_of in aspects.items():
         values = {str(value_of(part)) for item in recorded for part in _processes(item) if part.get("code")}
+        if len(values) > 1:
+            found.append(f"{aspect} ({', '.join(sorted(values))})")
+    # How each run computed (recorded from schema 3 on; a run without the record is not counted here).
+    computed = {
+        "precision": lambda item: item["numerics"]["precision"],
+        "torch.compile": lambda item: item["numerics"]["compile"],
+        "TF32": lambda item: "matmul {matmul}, convolution {convolution}".format(**item["numerics"]["tf32"]),
+        "processes (world size)": lambda item: item.get("world_size", 1),
+    }
+    for aspect, value_of in computed.items():
+        values = {str(value_of(item)) for item in recorded if item.get("numerics")}
         if len(values) > 1:
             found.append(f"{aspect} ({', '.join(sorted(values))})")
     return found

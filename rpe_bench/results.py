@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from rpe_bench.files import atomic_write
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"
 # A completed run that a failed continuation replaced (more epochs that diverged, say): kept, never counted.
 PREVIOUS_RESULTS_FILE = "results-previous.json"
@@ -59,10 +59,15 @@ class EpochRecord:
     train_acc: float
     val_loss: float
     val_acc: float
+    # Schema 3 on: the epoch's steady state. The first WARMUP_STEPS (rpe_bench.loop) steps a process trains
+    # (compilation, library warm-up) are timed apart as warmup_seconds, and epoch_seconds, images_per_second,
+    # data_seconds and step_ms leave them out. Earlier records include them and have no warm-up fields (None).
     epoch_seconds: float
     images_per_second: float
     data_seconds: float
     step_ms: float
+    warmup_seconds: Optional[float] = None
+    warmup_steps: Optional[int] = None
 
 
 @dataclass
@@ -164,7 +169,8 @@ def _record(record_type, payload: Dict[str, Any]):
 
 
 def _upgrade(payload: Dict[str, Any]) -> Dict[str, Any]:
-    """Schema 1 (no schema_version) had the world size at the top level as `processes` and no provenance."""
+    """Schema 1 (no schema_version) had the world size at the top level as `processes` and no provenance;
+    schema 2 timed the warm-up steps inside its epochs (EpochRecord), which reads as warm-up fields of None."""
     if payload.get("schema_version", 1) >= SCHEMA_VERSION:
         return payload
     payload = dict(payload)

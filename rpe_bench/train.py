@@ -25,8 +25,9 @@ from rpe_bench.data import DatasetError, image_folder_files, load_splits
 from rpe_bench.failures import record_failure
 from rpe_bench.launching import loader_choice
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
-from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb
+from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb, reset_peak_memory
 from rpe_bench.model import build_model, count_parameters, parameter_groups
+from rpe_bench.numerics import autocast_for, set_tf32
 from rpe_bench.results import EpochRecord, RunConfigRecord, RunResult, write_result
 from rpe_bench.run_folder import RunFolderInUse, RunFolderRefused, check_same_run, run_identity
 from rpe_bench.tracking import log_epoch, log_result, wandb_run
@@ -41,25 +42,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def start_processes(cfg) -> tuple[distributed.Processes, torch.device]:
     """Seeds, threads, the device and (under torchrun) the process group."""
     processes = distributed.from_environment()
+    if cfg.trainer.batch_size < processes.world_size:
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is smaller than the {processes.world_size} "
+                          f"processes: every process needs an image of each batch; allowed: batch_size >= "
+                          f"{processes.world_size}")
     seed_everything(cfg.seed)
+    set_tf32(cfg.trainer.tf32)
     # Inside a SLURM job nothing may pin the process to its CPUs (no cgroups): follow the job's grant.
     threads = cfg.trainer.threads or distributed.slurm_cpus_per_task()
     if threads:
         torch.set_num_threads(threads)
-    device = distributed.pick_device(cfg.trainer.device.value)
+    device, why = distributed.pick_device(cfg.trainer.device.value, processes.local_rank)
+    log.info("device %s: %s", device, why)
     if device.type == "cuda":
-        device = torch.device("cuda", processes.local_rank)
         torch.cuda.set_device(device)
     distributed.start(processes, device)
+    reset_peak_memory(device)  # a worker process may have run other jobs before this one
     return processes, device
 
 
@@ -70,14 +71,17 @@ def set_up(cfg, processes: distributed.Processes, device: torch.device):
     if loader == "stream":
         train_data, test_data = image_folder_files(cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.channels)
     else:
-        train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
-                                            cfg.dataset.image_size, cfg.dataset.channels)
+        with distributed.main_process_first(processes):  # one process downloads, the others then read its files
+            train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
+                                                cfg.dataset.image_size, cfg.dataset.channels)
     train_batches = batches_for(cfg, train_data, device, training=True,
                                 shard=(processes.rank, processes.world_size))
     model = build_model(cfg).to(device)
     forward_model = torch.compile(model) if cfg.trainer.compile else model
     if processes.distributed:
-        forward_model = DistributedDataParallel(forward_model, device_ids=[device] if device.type == "cuda" else None)
+        # Every buffer is a constant (frequencies, masks, entry indices): nothing to broadcast each forward pass.
+        forward_model = DistributedDataParallel(forward_model, device_ids=[device] if device.type == "cuda" else None,
+                                                broadcast_buffers=False)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.trainer.weight_decay), lr=cfg.trainer.lr)
     training = Training(model=model, forward_model=forward_model, optimizer=optimizer,
                         scheduler=scheduler_for(optimizer, cfg, len(train_batches)), train_batches=train_batches,
@@ -98,7 +102,7 @@ class Resumed:
 
 def resume(cfg, training: Training, output_dir: Path) -> Resumed:
     """Continues from the folder's last checkpoint, if it was written by this run's config."""
-    checkpoint = load_checkpoint(output_dir, map_location=training.device) if cfg.trainer.resume else None
+    checkpoint = load_checkpoint(output_dir) if cfg.trainer.resume else None
     if checkpoint is None:
         return Resumed()
     check_same_run(output_dir, checkpoint.get("run_identity"), run_identity(cfg))
@@ -137,7 +141,8 @@ def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path,
 
 def measure(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict,
             trained_by: list[dict]) -> RunResult:
-    """After training: inference time of the folded model, resolution extrapolation, the run record."""
+    """After training, on the main process alone: inference time of the folded model (compiled when the run
+    trained compiled), resolution extrapolation, the run record."""
     timing_images, _ = next(iter(training.test_batches))
     return RunResult.completed(
         RunConfigRecord.from_cfg(cfg), history,
@@ -145,7 +150,8 @@ def measure(cfg, training: Training, test_data, history: list[EpochRecord], prov
         resolved_config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         inference_time_ms_per_batch=inference_ms_per_batch(training.model, timing_images,
                                                            cfg.trainer.inference_timing_batches,
-                                                           training.autocast, training.device),
+                                                           training.autocast, training.device,
+                                                           compiled=cfg.trainer.compile),
         extrapolation=extrapolation(cfg, training.model, test_data, training.autocast, training.device),
         num_parameters=count_parameters(training.model), peak_memory_mb=peak_memory_mb(training.device))
 
@@ -156,7 +162,8 @@ def parallel_jobs() -> int:
     return hydra_cfg.launcher.get("n_jobs", 1) if hydra_cfg.mode == RunMode.MULTIRUN else 1
 
 
-def train(cfg: DictConfig, output_dir: Path) -> RunResult:
+def train(cfg: DictConfig, output_dir: Path) -> RunResult | None:
+    """The run record on the main process, None on the others."""
     started = run_provenance.utc_now()
     processes, device = start_processes(cfg)
     output_dir = Path(distributed.main_output_dir(processes, output_dir))
@@ -165,14 +172,17 @@ def train(cfg: DictConfig, output_dir: Path) -> RunResult:
         training, test_data = set_up(cfg, processes, device)
         resumed = resume(cfg, training, output_dir)
         provenance = run_provenance.collect(device, processes.world_size, parallel_jobs(),
-                                            list(HydraConfig.get().overrides.task), started)
+                                            list(HydraConfig.get().overrides.task), started, cfg.trainer)
         log.info("%s on %s: %d parameters, %d steps per epoch, device %s, %d process(es), %d thread(s)",
                  cfg.pos.name, cfg.dataset.name, count_parameters(training.model), len(training.train_batches),
                  device, processes.world_size, provenance["threads"])
         with wandb_run(cfg, output_dir, resumed.wandb_run_id, provenance, enabled=processes.is_main) as run:
             history, trained_by = fit(cfg, training, resumed, run, output_dir, provenance)
-            result = measure(cfg, training, test_data, history, provenance, trained_by)
-            log_result(run, result)
+            result = None
+            if processes.is_main:  # the others wait: their models are the same
+                result = measure(cfg, training, test_data, history, provenance, trained_by)
+                log_result(run, result)
+            distributed.barrier(processes)
         if processes.is_main:
             log.info("results in %s", write_result(output_dir, result))
     distributed.stop(processes)
@@ -192,6 +202,8 @@ def main(cfg: DictConfig) -> float | None:
         validate(cfg)  # a single run was checked before Hydra wrote (folder_guard); a sweep's jobs are not
         distributed.pick_device(cfg.trainer.device.value)
         result = train(cfg, output_dir)
+        if result is None:  # another process of a distributed run: rank 0 reports
+            return None
     except RunFolderRefused as error:
         # The folder belongs to another run (a live one, or another config's checkpoint): no failure record there.
         # A single run puts back what Hydra wrote, except beside a live run, which is writing there.

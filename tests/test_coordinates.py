@@ -100,7 +100,7 @@ def test_augmentation_is_dinov3s_shift_jitter_and_rescale_in_its_frame():
     per_axis = ((2 * torch.rand(2, generator=draws) - 1) * torch.log(torch.tensor(jitter))).exp()
     both = ((2 * torch.rand(1, generator=draws) - 1) * torch.log(torch.tensor(rescale))).exp()
     coords = patch_coordinates(2 * GRID, GRID, training_grid=GRID)
-    augmented = augment(coords, GRID)
+    augmented = augment(coords, GRID, augment.draw(coords.device))
     expected = (dinov3_frame(coords[1:]) + offset) * per_axis * both
     torch.testing.assert_close(dinov3_frame(augmented[1:]), expected)
     assert (offset.abs() <= shift).all() and ((1 / jitter <= per_axis) & (per_axis <= jitter)).all()

@@ -5,6 +5,8 @@ from typing import Optional, Set, Tuple
 import torch
 from torch import nn
 
+from rpe_bench.numerics import autocast_off
+
 
 class PositionEncoding(nn.Module):
     """Encodes q and k, shaped (batch, heads, tokens, head_dim), from token coordinates (tokens, 2) = (x, y).
@@ -51,7 +53,7 @@ class PositionEncoding(nn.Module):
         low precision."""
         if self.basis_folded:
             return None
-        with torch.autocast(self._device_type(), enabled=False):
+        with autocast_off(self._device_type()):
             return self.basis()
 
     def _device_type(self) -> str:

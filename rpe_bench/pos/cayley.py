@@ -29,5 +29,7 @@ class CayleyString(AxialRope):
     def basis(self) -> torch.Tensor:
         skew = self.skew_generator()
         identity = torch.eye(self.head_dim, dtype=skew.dtype, device=skew.device)
-        # (I - S) and (I + S)^-1 commute, so one batched solve gives P without forming an inverse.
-        return torch.linalg.solve(identity + skew, identity - skew)
+        # (I - S) and (I + S)^-1 commute, so one batched solve gives P without forming an inverse. I + S is
+        # invertible for every skew S (its eigenvalues are 1 + i lambda), so the solve's error check, a host
+        # sync on a GPU, is skipped.
+        return torch.linalg.solve_ex(identity + skew, identity - skew, check_errors=False).result

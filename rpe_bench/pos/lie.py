@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from rpe_bench.numerics import autocast_off
 from rpe_bench.pos.base import PositionEncoding
 
 
@@ -57,20 +58,28 @@ def spectral_skew_entries(frequencies: torch.Tensor, generator: Optional[torch.G
 # is below the unit roundoff (2^17/17! = 4e-10 < 2^-24 in fp32, 2^25/25! = 2e-18 < 2^-53 in fp64).
 _TAYLOR_DEGREE = {torch.float32: 16, torch.float64: 24}
 _SCALED_NORM = 2.0
+# Squarings are a fixed count, each applied where a matrix needs it: a count read from the norms would make the
+# host wait for the device once per layer and forward pass, and split a compiled graph. 12 covers 1-norms up to
+# 2 * 2^12 = 8192 radians, far beyond any trained encoding's (a few to a few hundred on the grids here); a larger
+# exponent comes out NaN, as in jax.scipy.linalg.expm, which stops training with its non-finite-loss error
+# instead of returning a rotation that is not one.
+MAX_SQUARINGS = 12
 
 
 def matrix_exponential(matrices: torch.Tensor) -> torch.Tensor:
     """exp of a batch of square matrices (..., n, n) in fp32 or fp64: each scaled by 2^-s under the norm theta, a
     Taylor polynomial evaluated by Paterson-Stockmeyer (X^2, X^3, X^4, then Horner in X^4: 7 matmuls in fp32),
-    and s squarings. Why not torch.linalg.matrix_exp: its backward exponentiates a 2n x 2n block matrix per
-    input, while autograd through these matmuls costs less than half of that, and for LieRE the backward of
-    the rotations was the largest cost over RoPE. Its values agree within rounding; s per matrix, not one for
-    the batch, keeps the squarings (each doubles the rounding error) to what each matrix needs: in fp32 at norm
-    100 the error is 2e-6, against 8e-6 for torch.linalg.matrix_exp. exp(0) = I exactly, so CLS stays
-    unrotated."""
+    and s squarings (at most MAX_SQUARINGS). Why not torch.linalg.matrix_exp: its backward exponentiates a
+    2n x 2n block matrix per input, while autograd through these matmuls costs less than half of that, and for
+    LieRE the backward of the rotations was the largest cost over RoPE; it also reads its scaling from the
+    device. Its values agree within rounding; s per matrix, not one for the batch, keeps the squarings (each
+    doubles the rounding error) to what each matrix needs: in fp32 at norm 100 the error is 2e-6, against 8e-6
+    for torch.linalg.matrix_exp. exp(0) = I exactly, so CLS stays unrotated."""
     degree = _TAYLOR_DEGREE[matrices.dtype]
     norms = matrices.detach().abs().sum(-2).amax(-1)
     squarings = torch.log2(norms / _SCALED_NORM).ceil().clamp(min=0).nan_to_num(0)  # log2(0) = -inf
+    beyond_reach = (squarings > MAX_SQUARINGS)[..., None, None]
+    squarings = squarings.clamp(max=MAX_SQUARINGS)
     scaled = matrices * (0.5 ** squarings)[..., None, None]
     identity = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
     square = scaled @ scaled
@@ -84,9 +93,9 @@ def matrix_exponential(matrices: torch.Tensor) -> torch.Tensor:
     result = group(degree // 4)
     for index in reversed(range(degree // 4)):
         result = group(index) + fourth @ result
-    for step in range(int(squarings.max())):
+    for step in range(MAX_SQUARINGS):
         result = torch.where((squarings > step)[..., None, None], result @ result, result)
-    return result
+    return result.masked_fill(beyond_reach, math.nan)
 
 
 def apply_block_rotations(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
@@ -121,7 +130,7 @@ class BlockLieEncoding(PositionEncoding):
         """`block_rotations` in the parameters' precision even under bf16 autocast, which would run the
         exponential's chain of matmuls in bf16 and leave R about 3e-2 from orthogonal on the MNIST grid."""
         dtype = next(self.parameters()).dtype
-        with torch.autocast(self._device_type(), enabled=False):
+        with autocast_off(self._device_type()):
             return self.block_rotations(coords.to(dtype))
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
