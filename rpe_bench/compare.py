@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from rpe_bench import cost, provenance, report_plots, report_tables, report_wandb
+from rpe_bench.report_rows import Comparison, VariantRow
 from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, read_result
 from rpe_bench.statistics import (Difference, holm_adjusted, mean_and_std, mean_interval, paired_difference,
                                   verdict, welch_difference, width_ratio)
@@ -63,9 +64,10 @@ def dataset_display_name(config: RunConfigRecord) -> str:
 
 
 class VariantKey(NamedTuple):
+    """What a variant's runs share: they differ in seed alone."""
     dataset_display_name: str
-    pos_variant: str
-    f_sparse: Optional[float]
+    encoding: str
+    f: Optional[float]  # cayley_sparse's sparsity, None for every other encoding
     coordinates: str
     options: str = ""  # the encoding's options but f, as "name=value, ..."; "" where the record has none
 
@@ -87,7 +89,7 @@ def variant_key(result: RunResult) -> VariantKey:
 def reference_key(key: VariantKey, keys) -> Optional[VariantKey]:
     """The rope group `key` is compared with: the one of its dataset and coordinates, or, where runs of rope
     differ in options, the one whose options equal `key`'s (None if there is no such group)."""
-    candidates = [candidate for candidate in keys if candidate.pos_variant == REFERENCE_POS
+    candidates = [candidate for candidate in keys if candidate.encoding == REFERENCE_POS
                   and candidate.dataset_display_name == key.dataset_display_name
                   and candidate.coordinates == key.coordinates]
     if len(candidates) == 1:
@@ -96,8 +98,8 @@ def reference_key(key: VariantKey, keys) -> Optional[VariantKey]:
 
 
 def variant_sort_key(key: VariantKey) -> tuple:
-    return (key.dataset_display_name, key.pos_variant != REFERENCE_POS, key.pos_variant,
-            -1.0 if key.f_sparse is None else key.f_sparse, key.coordinates, key.options)
+    return (key.dataset_display_name, key.encoding != REFERENCE_POS, key.encoding, -1.0 if key.f is None else key.f,
+            key.coordinates, key.options)
 
 
 def runs_by_variant(results: list[RunResult]) -> dict[VariantKey, list[RunResult]]:
@@ -152,13 +154,13 @@ def by_seed(runs: list[RunResult]) -> Optional[dict[int, float]]:
     return values if len(values) == len(runs) else None
 
 
-def pos_label(key: VariantKey, show_options: bool) -> str:
-    return f"{key.pos_variant} ({key.options})" if show_options and key.options else key.pos_variant
+def encoding_label(key: VariantKey, show_options: bool) -> str:
+    return f"{key.encoding} ({key.options})" if show_options and key.options else key.encoding
 
 
 def variant_label(key: VariantKey, show_coordinates: bool, show_options: bool) -> str:
-    label = pos_label(key, show_options)
-    label = label if key.f_sparse is None else f"{label} f={key.f_sparse:g}"
+    label = encoding_label(key, show_options)
+    label = label if key.f is None else f"{label} f={key.f:g}"
     return f"{label} ({key.coordinates})" if show_coordinates else label
 
 
@@ -172,17 +174,20 @@ def accuracy_and_cost(runs: list[RunResult]) -> dict:
         "seeds": len(runs), "final_val_acc_mean": accuracy_mean, "final_val_acc_std": accuracy_std,
         "final_val_acc_ci95_low": interval and interval[0], "final_val_acc_ci95_high": interval and interval[1],
         "best_val_acc_mean": best_mean, "best_val_acc_std": best_std,
-        # Wall time in the sweep, beside whatever else ran: in the record, not a cost measure.
         "avg_epoch_time_sec_mean": time_mean, "avg_epoch_time_sec_std": time_std,
         "inference_time_ms_per_batch_mean": mean_and_std(column(runs, "inference_time_ms_per_batch"))[0],
         "num_parameters": round(mean_and_std(column(runs, "num_parameters"))[0]),
     }
 
 
+# VariantKey's fields under cost.json's names, which are comparison.csv's.
+COST_FILE_NAMES = {"dataset_display_name": "dataset_display_name", "encoding": "pos_variant", "f": "f_sparse",
+                   "coordinates": "coordinates", "options": "pos_options"}
+
+
 def variant_fields(key: VariantKey) -> dict:
     """A variant as cost.json names it."""
-    return {"dataset_display_name": key.dataset_display_name, "pos_variant": key.pos_variant,
-            "f_sparse": key.f_sparse, "coordinates": key.coordinates, "pos_options": key.options}
+    return {COST_FILE_NAMES[name]: value for name, value in key._asdict().items()}
 
 
 def measure_cost(groups: dict[VariantKey, list[RunResult]], seconds_per_variant: float) -> dict:
@@ -197,8 +202,8 @@ def measure_cost(groups: dict[VariantKey, list[RunResult]], seconds_per_variant:
 def costs_by_variant(measurement: Optional[dict]) -> dict[VariantKey, dict]:
     if measurement is None:
         return {}
-    return {VariantKey(item["dataset_display_name"], item["pos_variant"], item["f_sparse"], item["coordinates"],
-                       item["pos_options"]): item for item in measurement["variants"]}
+    return {VariantKey(**{name: item[file_name] for name, file_name in COST_FILE_NAMES.items()}): item
+            for item in measurement["variants"]}
 
 
 def cost_fields(measured: Optional[dict]) -> dict:
@@ -241,56 +246,53 @@ def difference_fields(difference: Optional[Difference], unpaired: Optional[Diffe
 
 
 def extrapolation_statistics(runs: list[RunResult], sizes: list[str]) -> dict:
-    """Val acc mean and std at each evaluated image size, over the runs that evaluated it."""
-    row = {}
+    """Val acc (mean, std) at each evaluated image size, over the runs that evaluated it."""
+    statistics = {}
     for size in sizes:
         values = [run.extrapolation[size].val_acc for run in runs if size in run.extrapolation]
-        mean, std = mean_and_std(values) if values else (None, None)
-        row[f"extrapolation_{size}_val_acc_mean"], row[f"extrapolation_{size}_val_acc_std"] = mean, std
-    return row
+        statistics[size] = mean_and_std(values) if values else (None, None)
+    return statistics
 
 
 def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str],
-                     costs: Optional[dict[VariantKey, dict]] = None) -> dict[VariantKey, dict]:
-    """One row per variant; None where a number cannot be computed. Holm's correction runs over every
-    comparison with RoPE in the report, across datasets. `costs`: the measured costs (costs_by_variant)."""
+                     costs: Optional[dict[VariantKey, dict]] = None) -> Comparison:
+    """One row per variant. Holm's correction runs over every comparison with RoPE in the report, across
+    datasets. `costs`: the measured costs (costs_by_variant)."""
     costs = costs or {}
     references = {key: reference_key(key, groups) for key in groups}
     differences = {key: differences_from_reference(runs, groups[references[key]])
                    for key, runs in groups.items()
-                   if key.pos_variant != REFERENCE_POS and references[key] is not None}
+                   if key.encoding != REFERENCE_POS and references[key] is not None}
     tested = [key for key, (difference, _) in differences.items() if difference is not None]
     adjusted = dict(zip(tested, holm_adjusted([differences[key][0].p_value for key in tested])))
     show_coordinates = len({key.coordinates for key in groups}) > 1
     # An encoding's options are named only where its runs differ in them.
     option_sets = defaultdict(set)
     for key in groups:
-        option_sets[key.dataset_display_name, key.pos_variant].add(key.options)
-    show_options = {key: len(option_sets[key.dataset_display_name, key.pos_variant]) > 1 for key in groups}
-    rows = {}
+        option_sets[key.dataset_display_name, key.encoding].add(key.options)
+    show_options = {key: len(option_sets[key.dataset_display_name, key.encoding]) > 1 for key in groups}
+    rows = []
     for key, runs in groups.items():
-        if key.pos_variant == REFERENCE_POS:
+        if key.encoding == REFERENCE_POS:
             words, (difference, unpaired) = "reference", (None, None)
         elif key not in differences:
             words, (difference, unpaired) = f"n/a, no {REFERENCE_POS} runs", (None, None)
         else:
             difference, unpaired = differences[key]
             words = verdict(difference, adjusted.get(key), REFERENCE_POS)
-        rows[key] = {
-            "dataset": runs[0].config.dataset, "dataset_display_name": key.dataset_display_name,
-            "pos_variant": key.pos_variant, "f_sparse": key.f_sparse, "coordinates": key.coordinates,
-            "pos_options": key.options or None,
-            "pos_label": pos_label(key, show_options[key]),
-            "variant": variant_label(key, show_coordinates, show_options[key]),
+        rows.append(VariantRow(
+            dataset=runs[0].config.dataset, dataset_display_name=key.dataset_display_name, encoding=key.encoding,
+            f=key.f, coordinates=key.coordinates, options=key.options or None,
+            encoding_label=encoding_label(key, show_options[key]),
+            label=variant_label(key, show_coordinates, show_options[key]),
             **accuracy_and_cost(runs), **cost_fields(costs.get(key)),
             **difference_fields(difference, unpaired, adjusted.get(key), words),
-            **extrapolation_statistics(runs, sizes),
-        }
-    return rows
+            extrapolation=extrapolation_statistics(runs, sizes)))
+    return Comparison(rows, sizes, show_coordinates)
 
 
-def summarize(results: list[RunResult]) -> list[dict]:
-    return list(summarize_groups(runs_by_variant(results), extrapolation_sizes(results)).values())
+def summarize(results: list[RunResult]) -> list[VariantRow]:
+    return summarize_groups(runs_by_variant(results), extrapolation_sizes(results)).rows
 
 
 # ---- entry points --------------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def summarize(results: list[RunResult]) -> list[dict]:
 @dataclass
 class Report:
     page: Path
-    rows: list[dict]
+    comparison: Comparison
     plots: list[Path]
     warning: Optional[str]
 
@@ -313,16 +315,15 @@ def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: 
     cost_path = output / cost.COST_FILE
     if measure_cost_seconds is not None and groups:
         cost.write_measurement(cost_path, measure_cost(groups, measure_cost_seconds))
-    rows_by_key = summarize_groups(groups, sizes, costs_by_variant(cost.read_measurement(cost_path)))
-    rows = list(rows_by_key.values())
-    curves = [(rows_by_key[key], runs) for key, runs in groups.items()]
-    plots = report_plots.write_plots(rows, curves, output)
+    comparison = summarize_groups(groups, sizes, costs_by_variant(cost.read_measurement(cost_path)))
+    curves = list(zip(comparison.rows, groups.values()))
+    plots = report_plots.write_plots(comparison, curves, output)
     warning = provenance_warning(results)
-    sections = report_tables.report_sections(rows, sizes, failed_runs(results))
-    report_tables.write_csv(rows, output / f"{TABLE_NAME}.csv")
+    sections = report_tables.report_sections(comparison, failed_runs(results))
+    report_tables.write_csv(comparison, output / f"{TABLE_NAME}.csv")
     report_tables.write_markdown(sections, dirs, warning, plots, output / f"{TABLE_NAME}.md")
     report_tables.write_html(sections, dirs, warning, plots, output / REPORT_NAME)
-    return Report(output / REPORT_NAME, rows, plots, warning)
+    return Report(output / REPORT_NAME, comparison, plots, warning)
 
 
 def write_report(dirs, output, measure_cost_seconds: Optional[float] = None) -> Report:
@@ -363,7 +364,7 @@ class ComparisonReportCallback(Callback):
             log.error("%d of %d jobs failed: %s", len(failures), len(results),
                       ", ".join(failure.folder for failure in failures))
         if report is not None:
-            print(report_tables.terminal_summary(report.rows, report.warning))
+            print(report_tables.terminal_summary(report.comparison, report.warning))
             print(f"report: {report.page}", flush=True)
         report_unreadable(results)
         if failures:

@@ -118,7 +118,7 @@ class PosConfig:
 
 @dataclass
 class SparsityConfig:
-    f: float = 1.0
+    f: float = MISSING  # each conf/sparsity choice sets it (dense: 1.0)
 
 
 @dataclass

@@ -29,17 +29,18 @@ class TrainingDiverged(RuntimeError):
         return cls(f"training loss is {loss} at {where}; stopped: {kept}")
 
 
-def batches_for(cfg, data, device, training: bool, image_size: int | None = None,
+def batches_for(cfg, data, device, split: str, image_size: int | None = None,
                 shard: tuple[int, int] = (0, 1), limit_batches: int | None = None) -> BatchIterator:
-    """Training batches (shuffled and augmented from the generator set each epoch) or evaluation batches, resized
-    to `image_size` for resolution extrapolation. Under DDP each process takes its `shard` (rank, world size) of
+    """Batches of the "train" split (shuffled and augmented from the generator set each epoch) or of the "test"
+    split (in order; the notebook's val metrics are measured on it), resized to `image_size` for resolution
+    extrapolation. Under DDP each process takes its `shard` (rank, world size) of
     every batch. `limit_batches` overrides the trainer's train/val limit."""
-    augment = cfg.dataset.augment
+    augment, train = cfg.dataset.augment, split == "train"
     if limit_batches is None:
-        limit_batches = cfg.trainer.limit_train_batches if training else cfg.trainer.limit_val_batches
-    options = dict(batch_size=cfg.trainer.batch_size, shuffle=training, generator=None, device=device,
+        limit_batches = cfg.trainer.limit_train_batches if train else cfg.trainer.limit_val_batches
+    options = dict(batch_size=cfg.trainer.batch_size, shuffle=train, generator=None, device=device,
                    mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
-                   augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if training else None,
+                   augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if train else None,
                    limit_batches=limit_batches, output_size=image_size, shard=shard)
     if isinstance(data, ImageFiles):
         return StreamingBatchIterator(data, workers=streaming_workers(cfg), **options)

@@ -38,7 +38,7 @@ def extrapolation(cfg, model, test_data, autocast, device) -> Dict[str, Extrapol
     """Test accuracy at each of the dataset's larger image sizes (images resized, patch grid grown)."""
     records = {}
     for size in cfg.dataset.extrapolation_sizes:
-        batches = batches_for(cfg, test_data, device, training=False, image_size=size,
+        batches = batches_for(cfg, test_data, device, split="test", image_size=size,
                               limit_batches=cfg.trainer.limit_extrapolation_batches)
         loss, accuracy, images = evaluate(model, batches, autocast)
         records[str(size)] = ExtrapolationRecord(val_loss=loss, val_acc=accuracy, images=images)

@@ -103,7 +103,7 @@ class VisionTransformer(nn.Module):
     """`seed` is the run's seed, from which each layer's encoding-specific draws are derived (encoding_generator);
     the caller seeds the global RNG, which draws the shared weights."""
 
-    def __init__(self, shape: VitShape, position_name: str, position_options: Dict[str, Any] | None = None,
+    def __init__(self, shape: VitShape, encoding: str, encoding_options: Dict[str, Any] | None = None,
                  absolute_table: bool = False, seed: Optional[int] = None,
                  coordinates: Coordinates = Coordinates.grid,
                  coordinate_augmentation: Optional[CoordinateAugmentation] = None):
@@ -118,9 +118,9 @@ class VisionTransformer(nn.Module):
         self.absolute_table = (nn.Parameter(torch.zeros(1, self.grid_size ** 2, shape.emb_dim))
                                if absolute_table else None)
         self.blocks = nn.ModuleList(
-            Block(shape, position_encodings.build(position_name, head_dim=head_dim, num_heads=shape.num_heads,
+            Block(shape, position_encodings.build(encoding, head_dim=head_dim, num_heads=shape.num_heads,
                                                   generator=encoding_generator(seed, layer),
-                                                  **(position_options or {})))
+                                                  **(encoding_options or {})))
             for layer in range(shape.depth))
         self.norm = nn.LayerNorm(shape.emb_dim)
         self.head = nn.Linear(shape.emb_dim, shape.num_classes)

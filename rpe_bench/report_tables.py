@@ -6,15 +6,16 @@ import html
 from pathlib import Path
 from typing import Optional
 
+from rpe_bench.report_rows import Comparison, VariantRow
 from rpe_bench.results import RunResult
 from rpe_bench.statistics import EQUIVALENCE_MARGIN, SIGNIFICANCE_LEVEL
 
-MISSING = "-"
+EMPTY_CELL = "-"
 TOO_FEW_SEEDS = "too few seeds"
 
 
 def number(value, digits: int = 2, scale: float = 1.0) -> str:
-    return MISSING if value is None else f"{scale * value:.{digits}f}"
+    return EMPTY_CELL if value is None else f"{scale * value:.{digits}f}"
 
 
 def percent(value) -> str:
@@ -23,93 +24,88 @@ def percent(value) -> str:
 
 def signed_points(value) -> str:
     """A difference of accuracies in percentage points."""
-    return MISSING if value is None else f"{100 * value:+.2f}"
+    return EMPTY_CELL if value is None else f"{100 * value:+.2f}"
 
 
 def plus_minus(mean, std, scale: float = 1.0) -> str:
-    return MISSING if mean is None else f"{number(mean, scale=scale)} ± {number(std, scale=scale)}"
+    return EMPTY_CELL if mean is None else f"{number(mean, scale=scale)} ± {number(std, scale=scale)}"
 
 
 def interval(low, high, seeds_present: bool = True, signed: bool = False) -> str:
     """[low, high] in points; an interval the statistics refused (it would leave the possible range) reads
     'too few seeds'."""
     if low is None:
-        return TOO_FEW_SEEDS if seeds_present else MISSING
+        return TOO_FEW_SEEDS if seeds_present else EMPTY_CELL
     show = signed_points if signed else percent
     return f"[{show(low)}, {show(high)}]"
 
 
 def ratio(value) -> str:
-    return MISSING if value is None else f"{value:.2f}×"
+    return EMPTY_CELL if value is None else f"{value:.2f}×"
 
 
 def sparsity(f) -> str:
-    return MISSING if f is None else f"{f:g}"
+    return EMPTY_CELL if f is None else f"{f:g}"
 
 
 def per_seed(deltas: Optional[dict]) -> str:
-    return MISSING if not deltas else ", ".join(f"{seed}: {signed_points(delta)}" for seed, delta in deltas.items())
+    return EMPTY_CELL if not deltas else ", ".join(f"{seed}: {signed_points(delta)}" for seed, delta in deltas.items())
 
 
-def shows_coordinates(rows: list[dict]) -> bool:
-    return len({row["coordinates"] for row in rows}) > 1
-
-
-def variant_cells(row: dict, with_coordinates: bool) -> list[str]:
-    cells = [row["dataset_display_name"], row["pos_label"], sparsity(row["f_sparse"])]
-    return cells + [row["coordinates"]] if with_coordinates else cells
+def variant_cells(row: VariantRow, with_coordinates: bool) -> list[str]:
+    cells = [row.dataset_display_name, row.encoding_label, sparsity(row.f)]
+    return cells + [row.coordinates] if with_coordinates else cells
 
 
 def variant_headers(with_coordinates: bool) -> list[str]:
     return ["dataset", "pos", "f"] + (["coordinates"] if with_coordinates else [])
 
 
-def accuracy_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    with_coordinates = shows_coordinates(rows)
+def accuracy_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    with_coordinates = comparison.shows_coordinates
     headers = variant_headers(with_coordinates) + [
         "seeds", "val acc % (mean ± std)", "95% CI", "best val acc %", "parameters", "train step vs RoPE",
         "inference vs RoPE", "train step ms", "inference ms", "wall s/epoch", "wall inference ms/batch"]
     cells = [variant_cells(row, with_coordinates) + [
-        str(row["seeds"]), plus_minus(row["final_val_acc_mean"], row["final_val_acc_std"], scale=100),
-        interval(row["final_val_acc_ci95_low"], row["final_val_acc_ci95_high"]), percent(row["best_val_acc_mean"]),
-        f"{row['num_parameters']:,}", ratio(row["train_step_vs_rope"]), ratio(row["inference_vs_rope"]),
-        number(row["train_step_ms"]), number(row["inference_ms"]),
-        plus_minus(row["avg_epoch_time_sec_mean"], row["avg_epoch_time_sec_std"]),
-        number(row["inference_time_ms_per_batch_mean"]),
-    ] for row in rows]
+        str(row.seeds), plus_minus(row.final_val_acc_mean, row.final_val_acc_std, scale=100),
+        interval(row.final_val_acc_ci95_low, row.final_val_acc_ci95_high), percent(row.best_val_acc_mean),
+        f"{row.num_parameters:,}", ratio(row.train_step_vs_rope), ratio(row.inference_vs_rope),
+        number(row.train_step_ms), number(row.inference_ms),
+        plus_minus(row.avg_epoch_time_sec_mean, row.avg_epoch_time_sec_std),
+        number(row.inference_time_ms_per_batch_mean),
+    ] for row in comparison.rows]
     return headers, cells
 
 
-def difference_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    with_coordinates = shows_coordinates(rows)
+def difference_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    with_coordinates = comparison.shows_coordinates
     headers = variant_headers(with_coordinates) + [
         "test", "runs", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "unpaired 95% CI (Welch)",
         "paired / unpaired CI width", "p", "p (Holm)", "detectable Δ (pp)", "unpaired detectable Δ (pp)", "verdict"]
     cells = []
-    for row in rows:
-        if row["verdict"] == "reference":
+    for row in comparison.rows:
+        if row.is_reference:
             continue
-        tested = row["test"] is not None
+        tested = row.test is not None
         cells.append(variant_cells(row, with_coordinates) + [
-            row["test"] or MISSING, row["test_runs"] or MISSING, per_seed(row["final_val_acc_diff_per_seed"]),
-            signed_points(row["final_val_acc_diff"]),
-            interval(row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"], tested, signed=True),
-            interval(row["final_val_acc_diff_unpaired_ci95_low"], row["final_val_acc_diff_unpaired_ci95_high"],
-                     row["final_val_acc_diff_unpaired_min_detectable"] is not None, signed=True),
-            ratio(row["final_val_acc_diff_ci_width_vs_unpaired"]),
-            number(row["p_value"], digits=3), number(row["p_value_holm"], digits=3),
-            number(row["final_val_acc_diff_min_detectable"], scale=100),
-            number(row["final_val_acc_diff_unpaired_min_detectable"], scale=100), row["verdict"],
+            row.test or EMPTY_CELL, row.test_runs or EMPTY_CELL, per_seed(row.final_val_acc_diff_per_seed),
+            signed_points(row.final_val_acc_diff),
+            interval(row.final_val_acc_diff_ci95_low, row.final_val_acc_diff_ci95_high, tested, signed=True),
+            interval(row.final_val_acc_diff_unpaired_ci95_low, row.final_val_acc_diff_unpaired_ci95_high,
+                     row.final_val_acc_diff_unpaired_min_detectable is not None, signed=True),
+            ratio(row.final_val_acc_diff_ci_width_vs_unpaired),
+            number(row.p_value, digits=3), number(row.p_value_holm, digits=3),
+            number(row.final_val_acc_diff_min_detectable, scale=100),
+            number(row.final_val_acc_diff_unpaired_min_detectable, scale=100), row.verdict,
         ])
     return headers, cells
 
 
-def extrapolation_table(rows: list[dict], sizes: list[str]) -> tuple[list[str], list[list[str]]]:
-    with_coordinates = shows_coordinates(rows)
+def extrapolation_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    with_coordinates, sizes = comparison.shows_coordinates, comparison.extrapolation_sizes
     headers = variant_headers(with_coordinates) + [f"{size}px" for size in sizes]
-    cells = [variant_cells(row, with_coordinates) + [
-        plus_minus(row[f"extrapolation_{size}_val_acc_mean"], row[f"extrapolation_{size}_val_acc_std"], scale=100)
-        for size in sizes] for row in rows]
+    cells = [variant_cells(row, with_coordinates) + [plus_minus(*row.extrapolation[size], scale=100) for size in sizes]
+             for row in comparison.rows]
     return headers, cells
 
 
@@ -120,14 +116,15 @@ def failure_table(failures: list[RunResult]) -> tuple[list[str], list[list[str]]
         config = failure.config
         error_line = (failure.error or "no error recorded").splitlines()[0]
         described = ([config.dataset, config.pos_variant, sparsity(config.f_sparse), str(config.seed)] if config
-                     else [MISSING, MISSING, MISSING, MISSING])
+                     else [EMPTY_CELL, EMPTY_CELL, EMPTY_CELL, EMPTY_CELL])
         cells.append([failure.folder, *described, error_line])
     return headers, cells
 
 
-def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult]) -> list[tuple[str, str, tuple]]:
+def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[tuple[str, str, tuple]]:
     """(title, note, table) for each section; a table with no rows is shown as its note alone."""
-    comparisons = sum(row["p_value_holm"] is not None for row in rows)
+    comparisons = sum(row.p_value_holm is not None for row in comparison.rows)
+    sizes = comparison.extrapolation_sizes
     return [
         ("Validation accuracy and cost",
          "Final val acc over seeds; 95% CI from Student's t (\"too few seeds\" where it would reach outside "
@@ -136,7 +133,7 @@ def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult
          "when it was measured); \"vs RoPE\": the ratio to rope timed beside it; \"-\": not measured "
          "(python -m rpe_bench.compare DIR --measure-cost). Wall s/epoch and wall inference: mean over seeds of "
          "what each run recorded beside the other jobs of its sweep, not a cost measure.",
-         accuracy_table(rows)),
+         accuracy_table(comparison)),
         ("Difference from RoPE",
          f"Δ = final val acc minus rope's, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
          f"listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
@@ -147,11 +144,11 @@ def report_sections(rows: list[dict], sizes: list[str], failures: list[RunResult
          f"±{100 * EQUIVALENCE_MARGIN:g} pp and includes 0; otherwise a difference that is not significant is "
          f"inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "
          f"{SIGNIFICANCE_LEVEL} finds with 80% probability, given these runs' spread.",
-         difference_table(rows)),
+         difference_table(comparison)),
         ("Resolution extrapolation",
          "Val acc % (mean ± std over seeds) at each evaluated image size." if sizes
          else "No run evaluated other image sizes.",
-         extrapolation_table(rows, sizes) if sizes else ([], [])),
+         extrapolation_table(comparison) if sizes else ([], [])),
         ("Failed runs", "Excluded from every statistic above." if failures else "None.", failure_table(failures)),
     ]
 
@@ -176,15 +173,16 @@ def flat_value(value):
 
 
 def csv_value(value) -> str:
-    return MISSING if value is None else str(flat_value(value))
+    return EMPTY_CELL if value is None else str(flat_value(value))
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    fieldnames = list(rows[0]) if rows else ["dataset", "pos_variant", "f_sparse", "seeds"]
+def write_csv(comparison: Comparison, path: Path) -> None:
+    records = [row.record() for row in comparison.rows]
+    fieldnames = list(records[0]) if records else ["dataset", "pos_variant", "f_sparse", "seeds"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames)
         writer.writeheader()
-        writer.writerows({key: csv_value(value) for key, value in row.items()} for row in rows)
+        writer.writerows({key: csv_value(value) for key, value in record.items()} for record in records)
 
 
 def write_markdown(sections, dirs, warning: Optional[str], plots: list[Path], path: Path) -> None:
@@ -218,35 +216,34 @@ def write_html(sections, dirs, warning: Optional[str], plots: list[Path], path: 
                     f"</title><style>{PAGE_STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
-def accuracy_with_interval(row: dict) -> str:
-    mean = percent(row["final_val_acc_mean"])
-    if row["final_val_acc_ci95_low"] is None:
+def accuracy_with_interval(row: VariantRow) -> str:
+    mean = percent(row.final_val_acc_mean)
+    if row.final_val_acc_ci95_low is None:
         return f"{mean} ({TOO_FEW_SEEDS})"
-    return f"{mean} ± {100 * (row['final_val_acc_ci95_high'] - row['final_val_acc_ci95_low']) / 2:.2f}"
+    return f"{mean} ± {100 * (row.final_val_acc_ci95_high - row.final_val_acc_ci95_low) / 2:.2f}"
 
 
-def difference_with_interval(row: dict) -> str:
-    if row["test"] is None:
-        return row["verdict"]
-    bounds = interval(row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"], signed=True)
-    return f"{signed_points(row['final_val_acc_diff'])} {bounds} {row['test']}"
+def difference_with_interval(row: VariantRow) -> str:
+    if row.test is None:
+        return row.verdict
+    bounds = interval(row.final_val_acc_diff_ci95_low, row.final_val_acc_diff_ci95_high, signed=True)
+    return f"{signed_points(row.final_val_acc_diff)} {bounds} {row.test}"
 
 
-def measured_cost(row: dict) -> str:
-    if row["train_step_vs_rope"] is None:
+def measured_cost(row: VariantRow) -> str:
+    if row.train_step_vs_rope is None:
         return "not measured"
-    return f"{ratio(row['train_step_vs_rope'])} / {ratio(row['inference_vs_rope'])}"
+    return f"{ratio(row.train_step_vs_rope)} / {ratio(row.inference_vs_rope)}"
 
 
-def terminal_summary(rows: list[dict], warning: Optional[str]) -> str:
+def terminal_summary(comparison: Comparison, warning: Optional[str]) -> str:
     """The short table a sweep ends with: each variant's accuracy, its difference from RoPE and its time."""
-    several_datasets = len({row["dataset_display_name"] for row in rows}) > 1
+    several_datasets = len(comparison.datasets) > 1
     table = [(["dataset"] if several_datasets else []) +
              ["variant", "val acc % (mean ± 95% CI)", "Δ vs rope, pp (95% CI)", "cost vs rope (train / inference)"]]
-    for row in rows:
-        table.append(([row["dataset_display_name"]] if several_datasets else []) + [
-            row["variant"], accuracy_with_interval(row), difference_with_interval(row),
-            measured_cost(row)])
+    for row in comparison.rows:
+        table.append(([row.dataset_display_name] if several_datasets else []) + [
+            row.label, accuracy_with_interval(row), difference_with_interval(row), measured_cost(row)])
     widths = [max(len(line[index]) for line in table) for index in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     return "\n".join(([f"Warning: {warning}"] if warning else []) + lines)

@@ -33,7 +33,8 @@ def log_report_run(logger, sweep_dir: Path, report) -> Optional[Path]:
         return None
     sweep_dir = Path(sweep_dir)
     group = logger.get("group") or sweep_group(sweep_dir)
-    columns = list(report.rows[0]) if report.rows else []
+    records = [row.record() for row in report.comparison.rows]
+    columns = list(records[0]) if records else []
     run = wandb.init(project=logger["project"], entity=logger.get("entity"), group=group,
                      job_type=REPORT_JOB_TYPE, name="comparison", tags=list(logger.get("tags") or []),
                      dir=str(sweep_dir), mode=mode, id=report_run_id(group), resume="allow",
@@ -41,7 +42,7 @@ def log_report_run(logger, sweep_dir: Path, report) -> Optional[Path]:
     with run:
         run.log({
             TABLE_KEY: wandb.Table(columns=columns,
-                                   data=[[flat_value(row[column]) for column in columns] for row in report.rows]),
+                                   data=[[flat_value(record[column]) for column in columns] for record in records]),
             **{f"{PLOT_PREFIX}{plot.stem}": wandb.Image(str(plot)) for plot in report.plots},
             # The page as written: W&B's own stylesheet would restyle its tables.
             PAGE_KEY: wandb.Html(report.page.read_text(), inject=False),

@@ -38,7 +38,7 @@ def sweep_group(sweep_dir) -> str:
     return f"sweep-{'_'.join(Path(sweep_dir).parts[-2:])}"
 
 
-def run_identity(cfg) -> dict:
+def run_labels(cfg) -> dict:
     """Group, name and tags: a multirun's jobs share the sweep's group; a single run is its own group."""
     hydra_cfg = HydraConfig.get()
     overrides = [item for item in hydra_cfg.overrides.task if not item.startswith("hydra")]
@@ -59,12 +59,12 @@ def open_wandb_run(cfg, output_dir: Path, run_id: str | None, provenance: dict, 
     """A W&B run for this job, resumed when `run_id` names the one a checkpoint recorded; a disabled run
     (logging nothing) for processes other than rank 0. Its config's top level is the run record's `config`
     (the keys to group and filter by), with the provenance and the full resolved config beside it."""
-    identity = run_identity(cfg)
+    labels = run_labels(cfg)
     config = {**dataclasses.asdict(RunConfigRecord.from_cfg(cfg)), "provenance": provenance,
               "resolved_config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     mode = resolve_mode(cfg.logger.mode.value) if enabled else "disabled"
-    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=identity["group"],
-                     job_type="train", name=identity["name"], tags=identity["tags"], config=config,
+    run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, group=labels["group"],
+                     job_type="train", name=labels["name"], tags=labels["tags"], config=config,
                      dir=str(output_dir), mode=mode, id=run_id, resume="allow" if run_id else None,
                      reinit="finish_previous")
     run.define_metric("step")

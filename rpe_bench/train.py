@@ -1,5 +1,5 @@
 """`python -m rpe_bench.train`: the Hydra entry point, the error policy and the run's phases, top to bottom:
-processes -> set-up -> resume -> fit (rpe_bench.loop) -> measure (rpe_bench.measure) -> the run record."""
+processes -> set-up -> resume -> fit (rpe_bench.loop) -> measure_trained (rpe_bench.measure) -> the run record."""
 import dataclasses
 import logging
 import random
@@ -74,7 +74,7 @@ def set_up(cfg, processes: distributed.Processes, device: torch.device):
         with distributed.main_process_first(processes):  # one process downloads, the others then read its files
             train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
                                                 cfg.dataset.image_size, cfg.dataset.channels)
-    train_batches = batches_for(cfg, train_data, device, training=True,
+    train_batches = batches_for(cfg, train_data, device, split="train",
                                 shard=(processes.rank, processes.world_size))
     model = build_model(cfg).to(device)
     forward_model = torch.compile(model) if cfg.trainer.compile else model
@@ -85,7 +85,7 @@ def set_up(cfg, processes: distributed.Processes, device: torch.device):
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.trainer.weight_decay), lr=cfg.trainer.lr)
     training = Training(model=model, forward_model=forward_model, optimizer=optimizer,
                         scheduler=scheduler_for(optimizer, cfg, len(train_batches)), train_batches=train_batches,
-                        test_batches=batches_for(cfg, test_data, device, training=False),
+                        test_batches=batches_for(cfg, test_data, device, split="test"),
                         autocast=autocast_for(device, cfg.trainer.precision.value), device=device,
                         processes=processes)
     return training, test_data
@@ -139,7 +139,7 @@ def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path,
     return history, trained_by
 
 
-def measure(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict,
+def measure_trained(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict,
             trained_by: list[dict]) -> RunResult:
     """After training, on the main process alone: inference time of the folded model (compiled when the run
     trained compiled), resolution extrapolation, the run record."""
@@ -180,7 +180,7 @@ def train(cfg: DictConfig, output_dir: Path) -> RunResult | None:
             history, trained_by = fit(cfg, training, resumed, run, output_dir, provenance)
             result = None
             if processes.is_main:  # the others wait: their models are the same
-                result = measure(cfg, training, test_data, history, provenance, trained_by)
+                result = measure_trained(cfg, training, test_data, history, provenance, trained_by)
                 log_result(run, result)
             distributed.barrier(processes)
         if processes.is_main:

@@ -38,8 +38,9 @@ fi
 output=${1:-outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
 mkdir -p "$output"
 gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
-echo "gpu_check: device $DEVICE, $gpus GPU(s): $("$PYTHON" -c 'import torch
-print(", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none")'), output in $output"
+names=$("$PYTHON" -c 'import torch
+print(", ".join(torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())) or "none")')
+echo "gpu_check: device $DEVICE, $gpus GPU(s): $names, output in $output"
 export PYTHON DEVICE output gpus WANDB_SILENT=true PYTHONUNBUFFERED=1
 # A few seconds of training each: the digits, a 4-block model, at most 20 steps an epoch.
 export RUN="dataset=digits model.depth=4 trainer.device=$DEVICE trainer.batch_size=64 trainer.limit_train_batches=20

@@ -84,7 +84,7 @@ def measure(width: int, heads: int, grid: int, scale: float, seed: int) -> dict:
     torch.manual_seed(seed)
     encoding = pos.build("cayley_dense", head_dim=width // heads, num_heads=heads).double()
     with torch.no_grad():
-        encoding.generator.normal_(0, scale)
+        encoding.skew_entries.normal_(0, scale)
     coords = patch_coordinates(grid, grid).double()
     moved = coords.clone()
     moved[1:, 0] += 1.0

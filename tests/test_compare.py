@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 from scipy import stats
 
 from rpe_bench import report_wandb, statistics, tracking
+from rpe_bench.report_rows import VariantRow
 from rpe_bench.compare import ComparisonReportCallback, collect_results, main, summarize, write_report
 from rpe_bench.tracking import sweep_group
 from tests.helpers import PROJECT, compose_config, wandb_inspect
@@ -97,8 +98,8 @@ def report(sweep) -> Path:
     return write_report([sweep], sweep).page
 
 
-def row_for(rows, pos, f=None) -> dict:
-    (row,) = [row for row in rows if (row["pos_variant"], row["f_sparse"]) == (pos, f)]
+def row_for(rows, pos, f=None) -> VariantRow:
+    (row,) = [row for row in rows if (row.encoding, row.f) == (pos, f)]
     return row
 
 
@@ -114,51 +115,51 @@ def table_lines(markdown: str, section: str) -> dict[str, str]:
 
 def test_accuracy_and_cost_match_the_files(sweep):
     rows = summarize(collect_results([sweep]))
-    assert [(row["pos_variant"], row["f_sparse"]) for row in rows][0] == ("rope", None)
-    assert {(row["pos_variant"], row["f_sparse"]) for row in rows} == set(VAL_ACC)
+    assert [(row.encoding, row.f) for row in rows][0] == ("rope", None)
+    assert {(row.encoding, row.f) for row in rows} == set(VAL_ACC)
     for (pos, f), accuracies in VAL_ACC.items():
         row, values = row_for(rows, pos, f), np.array(accuracies)
-        assert row["dataset"] == "mnist" and row["dataset_display_name"] == MNIST and row["seeds"] == len(values)
-        assert row["final_val_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
-        assert row["best_val_acc_mean"] == pytest.approx(np.mean(values + 0.001 * np.arange(len(values))))
-        assert row["avg_epoch_time_sec_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]))
-        assert row["inference_time_ms_per_batch_mean"] == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / 5)
-        assert row["num_parameters"] == PARAMETERS[pos, f]
+        assert row.dataset == "mnist" and row.dataset_display_name == MNIST and row.seeds == len(values)
+        assert row.final_val_acc_mean == pytest.approx(values.mean(), abs=1e-12)
+        assert row.best_val_acc_mean == pytest.approx(np.mean(values + 0.001 * np.arange(len(values))))
+        assert row.avg_epoch_time_sec_mean == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]))
+        assert row.inference_time_ms_per_batch_mean == pytest.approx(np.mean(EPOCH_SECONDS[pos, f]) / 5)
+        assert row.num_parameters == PARAMETERS[pos, f]
         # Wall time is no cost: without a measurement (cost.json) the cost columns stay empty.
-        assert all(row[name] is None for name in ("train_step_ms", "train_step_vs_rope", "inference_ms",
+        assert all(getattr(row, name) is None for name in ("train_step_ms", "train_step_vs_rope", "inference_ms",
                                                   "inference_vs_rope"))
         if len(values) == 1:
-            assert row["final_val_acc_std"] is None and row["final_val_acc_ci95_low"] is None
-            assert row["avg_epoch_time_sec_std"] is None and row["extrapolation_8_val_acc_std"] is None
+            assert row.final_val_acc_std is None and row.final_val_acc_ci95_low is None
+            assert row.avg_epoch_time_sec_std is None and row.extrapolation["8"][1] is None
             continue
         low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
-        assert row["final_val_acc_std"] == pytest.approx(values.std(ddof=1))
-        assert (row["final_val_acc_ci95_low"], row["final_val_acc_ci95_high"]) == (pytest.approx(low),
+        assert row.final_val_acc_std == pytest.approx(values.std(ddof=1))
+        assert (row.final_val_acc_ci95_low, row.final_val_acc_ci95_high) == (pytest.approx(low),
                                                                                    pytest.approx(high))
-        assert row["avg_epoch_time_sec_std"] == pytest.approx(np.std(EPOCH_SECONDS[pos, f], ddof=1))
+        assert row.avg_epoch_time_sec_std == pytest.approx(np.std(EPOCH_SECONDS[pos, f], ddof=1))
         seeds = np.arange(len(values))
-        assert row["extrapolation_8_val_acc_mean"] == pytest.approx(np.mean(values - 0.3 - 0.02 * seeds))
-        assert row["extrapolation_16_val_acc_std"] == pytest.approx(np.std(values - 0.1 + 0.01 * seeds, ddof=1))
+        assert row.extrapolation["8"][0] == pytest.approx(np.mean(values - 0.3 - 0.02 * seeds))
+        assert row.extrapolation["16"][1] == pytest.approx(np.std(values - 0.1 + 0.01 * seeds, ddof=1))
 
 
 def test_shared_seeds_give_a_paired_t_test_with_scipys_numbers(sweep):
     row = row_for(summarize(collect_results([sweep])), "cayley_dense")
     variant, rope = VAL_ACC["cayley_dense", None], VAL_ACC["rope", None]
     paired, welch = stats.ttest_rel(variant, rope), stats.ttest_ind(variant, rope, equal_var=False)
-    assert row["test"] == "paired t" and row["test_runs"] == "3 pairs"
-    assert row["final_val_acc_diff_per_seed"] == {seed: pytest.approx(variant[seed] - rope[seed]) for seed in range(3)}
-    assert row["final_val_acc_diff"] == pytest.approx(np.mean(variant) - np.mean(rope))
-    assert row["p_value"] == pytest.approx(paired.pvalue, rel=1e-9)
+    assert row.test == "paired t" and row.test_runs == "3 pairs"
+    assert row.final_val_acc_diff_per_seed == {seed: pytest.approx(variant[seed] - rope[seed]) for seed in range(3)}
+    assert row.final_val_acc_diff == pytest.approx(np.mean(variant) - np.mean(rope))
+    assert row.p_value == pytest.approx(paired.pvalue, rel=1e-9)
     low, high = paired.confidence_interval(0.95)
-    assert (row["final_val_acc_diff_ci95_low"], row["final_val_acc_diff_ci95_high"]) == (pytest.approx(low),
+    assert (row.final_val_acc_diff_ci95_low, row.final_val_acc_diff_ci95_high) == (pytest.approx(low),
                                                                                          pytest.approx(high))
     welch_low, welch_high = welch.confidence_interval(0.95)
-    assert (row["final_val_acc_diff_unpaired_ci95_low"],
-            row["final_val_acc_diff_unpaired_ci95_high"]) == (pytest.approx(welch_low), pytest.approx(welch_high))
-    assert row["final_val_acc_diff_ci_width_vs_unpaired"] == pytest.approx((high - low) / (welch_high - welch_low))
+    assert (row.final_val_acc_diff_unpaired_ci95_low,
+            row.final_val_acc_diff_unpaired_ci95_high) == (pytest.approx(welch_low), pytest.approx(welch_high))
+    assert row.final_val_acc_diff_ci_width_vs_unpaired == pytest.approx((high - low) / (welch_high - welch_low))
     # The pairing is what finds it: the per-seed differences barely vary, the seeds themselves a lot.
     assert paired.pvalue < 0.01 < 0.5 < welch.pvalue
-    assert row["final_val_acc_diff_min_detectable"] < 0.01 < row["final_val_acc_diff_unpaired_min_detectable"]
+    assert row.final_val_acc_diff_min_detectable < 0.01 < row.final_val_acc_diff_unpaired_min_detectable
 
 
 def test_unmatched_seeds_fall_back_to_welch(tmp_path):
@@ -166,21 +167,21 @@ def test_unmatched_seeds_fall_back_to_welch(tmp_path):
     write_sweep(tmp_path / "dense", {("cayley_dense", None): VAL_ACC["cayley_dense", None]}, first_seed=10)
     row = row_for(summarize(collect_results([folder, tmp_path / "dense"])), "cayley_dense")
     welch = stats.ttest_ind(VAL_ACC["cayley_dense", None], VAL_ACC["rope", None], equal_var=False)
-    assert row["test"] == "Welch t" and row["test_runs"] == "3 + 3"
-    assert row["final_val_acc_diff_per_seed"] is None
-    assert row["p_value"] == pytest.approx(welch.pvalue, rel=1e-9)
-    assert row["final_val_acc_diff_ci95_low"] == pytest.approx(welch.confidence_interval(0.95).low)
-    assert row["final_val_acc_diff_ci95_low"] == row["final_val_acc_diff_unpaired_ci95_low"]
-    assert row["final_val_acc_diff_ci_width_vs_unpaired"] is None  # no pairing, nothing gained
+    assert row.test == "Welch t" and row.test_runs == "3 + 3"
+    assert row.final_val_acc_diff_per_seed is None
+    assert row.p_value == pytest.approx(welch.pvalue, rel=1e-9)
+    assert row.final_val_acc_diff_ci95_low == pytest.approx(welch.confidence_interval(0.95).low)
+    assert row.final_val_acc_diff_ci95_low == row.final_val_acc_diff_unpaired_ci95_low
+    assert row.final_val_acc_diff_ci_width_vs_unpaired is None  # no pairing, nothing gained
 
 
 def test_holm_adjusts_over_every_comparison_in_the_report(sweep):
     rows = summarize(collect_results([sweep]))
-    tested = [row for row in rows if row["p_value"] is not None]
+    tested = [row for row in rows if row.p_value is not None]
     assert len(tested) == 2  # cayley_dense and cayley_sparse f=0.5; f=0.1 has one seed
-    ordered = sorted(tested, key=lambda row: row["p_value"])
-    assert ordered[0]["p_value_holm"] == pytest.approx(min(1.0, 2 * ordered[0]["p_value"]))
-    assert ordered[1]["p_value_holm"] == pytest.approx(max(ordered[0]["p_value_holm"], ordered[1]["p_value"]))
+    ordered = sorted(tested, key=lambda row: row.p_value)
+    assert ordered[0].p_value_holm == pytest.approx(min(1.0, 2 * ordered[0].p_value))
+    assert ordered[1].p_value_holm == pytest.approx(max(ordered[0].p_value_holm, ordered[1].p_value))
     assert statistics.holm_adjusted([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert statistics.holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
@@ -199,12 +200,12 @@ def test_minimum_detectable_difference_is_found_80_percent_of_the_time(pairs):
 def test_verdicts_follow_the_numbers(report):
     markdown = report.with_name("comparison.md").read_text()
     rows = summarize(collect_results([report.parent]))
-    assert row_for(rows, "rope")["verdict"] == "reference"
-    assert row_for(rows, "cayley_dense")["verdict"] == "higher than rope"
+    assert row_for(rows, "rope").verdict == "reference"
+    assert row_for(rows, "cayley_dense").verdict == "higher than rope"
     # Identical on every seed: a zero-width paired interval, so equivalence is shown, not assumed.
-    assert row_for(rows, "cayley_sparse", 0.5)["p_value"] == 1.0
-    assert row_for(rows, "cayley_sparse", 0.5)["verdict"] == "equivalent within ±0.00 pp"
-    assert row_for(rows, "cayley_sparse", 0.1)["verdict"] == "n/a, too few seeds"
+    assert row_for(rows, "cayley_sparse", 0.5).p_value == 1.0
+    assert row_for(rows, "cayley_sparse", 0.5).verdict == "equivalent within ±0.00 pp"
+    assert row_for(rows, "cayley_sparse", 0.1).verdict == "n/a, too few seeds"
     lines = table_lines(markdown, "Difference from RoPE")
     assert set(lines) == {"cayley_dense | -", "cayley_sparse | 0.5", "cayley_sparse | 0.1"}
     assert lines["cayley_dense | -"].endswith("| higher than rope |")
@@ -217,9 +218,9 @@ def test_not_significant_and_wide_is_inconclusive(tmp_path):
     folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.90, 0.93, 0.87],
                                              ("cayley_dense", None): [0.93, 0.90, 0.89]})
     row = row_for(summarize(collect_results([folder])), "cayley_dense")
-    assert row["p_value_holm"] > 0.05
-    assert row["final_val_acc_diff_ci95_high"] - row["final_val_acc_diff_ci95_low"] > 0.02
-    assert row["verdict"] == "inconclusive (not significant)"
+    assert row.p_value_holm > 0.05
+    assert row.final_val_acc_diff_ci95_high - row.final_val_acc_diff_ci95_low > 0.02
+    assert row.verdict == "inconclusive (not significant)"
 
 
 @pytest.mark.parametrize("per_seed, adjusted_p, expected", [
@@ -244,7 +245,7 @@ def test_an_interval_outside_0_to_100_reads_too_few_seeds(tmp_path):
     # Two seeds far apart: the t interval of the mean, 0.5 ± 12.7 * 0.45, would reach far below 0 and above 1.
     folder = write_sweep(tmp_path / "sweep", {("rope", None): [0.05, 0.95]})
     row = row_for(summarize(collect_results([folder])), "rope")
-    assert row["final_val_acc_ci95_low"] is None and row["final_val_acc_ci95_high"] is None
+    assert row.final_val_acc_ci95_low is None and row.final_val_acc_ci95_high is None
     markdown = (write_report([folder], folder).page.parent / "comparison.md").read_text()
     (line,) = table_lines(markdown, "Validation accuracy and cost").values()
     assert "| 50.00 ± 63.64 | too few seeds |" in line
@@ -256,7 +257,7 @@ def test_datasets_are_named_by_what_they_are(tmp_path):
     old = write_runs(tmp_path / "old", [run_record("rope", None, 0, 0.5, dataset="image_folder")])
     new = write_runs(tmp_path / "new", [run_record("rope", None, 0, 0.5, dataset="image_folder",
                                                    dataset_display_name="My photos")])
-    names = {row["dataset_display_name"] for row in summarize(collect_results([old, new]))}
+    names = {row.dataset_display_name for row in summarize(collect_results([old, new]))}
     assert names == {"CIFAR-10 (JPEG copy)", "My photos"}
 
 
@@ -267,9 +268,9 @@ def test_coordinates_label_the_rows_when_runs_differ_in_them(tmp_path):
         *[run_record("cayley_dense", None, seed, 0.81 + 0.01 * seed, coordinates="normalized")
           for seed in range(2)]])
     rows = summarize(collect_results([folder]))
-    assert [row["variant"] for row in rows] == ["rope (grid)", "rope (normalized)", "cayley_dense (normalized)"]
+    assert [row.label for row in rows] == ["rope (grid)", "rope (normalized)", "cayley_dense (normalized)"]
     # Compared with the rope runs of its own coordinates.
-    assert rows[2]["final_val_acc_diff"] == pytest.approx(0.01)
+    assert rows[2].final_val_acc_diff == pytest.approx(0.01)
     markdown = (write_report([folder], folder).page.parent / "comparison.md").read_text()
     assert "| dataset | pos | f | coordinates | seeds |" in markdown
 
@@ -285,11 +286,11 @@ def test_runs_that_differ_in_an_encodings_options_are_rows_of_their_own(tmp_path
              for size, accuracies in [(4, [0.91, 0.94, 0.88]), (8, [0.92, 0.95, 0.89])]
              for seed, acc in enumerate(accuracies)]
     folder = write_runs(tmp_path / "sweep", rope + liere)
-    rows = {row["variant"]: row for row in summarize(collect_results([folder]))}
+    rows = {row.label: row for row in summarize(collect_results([folder]))}
     assert set(rows) == {"rope", "liere (block_size=4, rope_base=10)", "liere (block_size=8, rope_base=10)"}
-    assert rows["liere (block_size=4, rope_base=10)"]["final_val_acc_diff"] == pytest.approx(0.01)
-    assert rows["liere (block_size=8, rope_base=10)"]["final_val_acc_diff"] == pytest.approx(0.02)
-    assert rows["liere (block_size=8, rope_base=10)"]["test"] == statistics.PAIRED
+    assert rows["liere (block_size=4, rope_base=10)"].final_val_acc_diff == pytest.approx(0.01)
+    assert rows["liere (block_size=8, rope_base=10)"].final_val_acc_diff == pytest.approx(0.02)
+    assert rows["liere (block_size=8, rope_base=10)"].test == statistics.PAIRED
     lines = table_lines(write_report([folder], folder).page.with_name("comparison.md").read_text(),
                         "Difference from RoPE")
     assert set(lines) == {"liere (block_size=4, rope_base=10) | -", "liere (block_size=8, rope_base=10) | -"}
@@ -300,8 +301,8 @@ def test_options_that_every_run_shares_stay_out_of_the_labels(sweep):
         with_options(run_record(pos, f, seed, acc), rope_base=100.0)
         for (pos, f), accuracies in VAL_ACC.items() for seed, acc in enumerate(accuracies)])
     rows = summarize(collect_results([folder]))
-    assert [row["variant"] for row in rows] == [row["variant"] for row in summarize(collect_results([sweep]))]
-    assert {row["pos_options"] for row in rows} == {"rope_base=100"}
+    assert [row.label for row in rows] == [row.label for row in summarize(collect_results([sweep]))]
+    assert {row.options for row in rows} == {"rope_base=100"}
 
 
 def test_with_several_rope_settings_each_variant_meets_the_one_with_its_options(tmp_path):
@@ -310,9 +311,9 @@ def test_with_several_rope_settings_each_variant_meets_the_one_with_its_options(
                for base, base_acc in [(10.0, 0.80), (100.0, 0.90)] for seed in range(3)]
     records[3]["final_val_acc"] = 0.905  # rope at base 100, seed 0: the two rope settings must not be pooled
     folder = write_runs(tmp_path / "sweep", records)
-    rows = {row["variant"]: row for row in summarize(collect_results([folder]))}
-    assert rows["circulant (rope_base=10)"]["final_val_acc_diff"] == pytest.approx(0.01)
-    assert rows["circulant (rope_base=100)"]["final_val_acc_diff_per_seed"] == pytest.approx(
+    rows = {row.label: row for row in summarize(collect_results([folder]))}
+    assert rows["circulant (rope_base=10)"].final_val_acc_diff == pytest.approx(0.01)
+    assert rows["circulant (rope_base=100)"].final_val_acc_diff_per_seed == pytest.approx(
         {0: 0.005, 1: 0.01, 2: 0.01})
 
 
@@ -334,8 +335,8 @@ def test_provenance_differences_are_one_warning_line(tmp_path):
 def test_published_results_are_still_read():
     for runs in sorted((PROJECT / "docs" / "results").glob("*/runs")):
         rows = summarize(collect_results([runs]))
-        assert rows and {row["dataset_display_name"] for row in rows} == {"CIFAR-10 (JPEG copy)"}
-        assert all(row["test"] == "paired t" for row in rows if row["pos_variant"] != "rope")
+        assert rows and {row.dataset_display_name for row in rows} == {"CIFAR-10 (JPEG copy)"}
+        assert all(row.test == "paired t" for row in rows if row.encoding != "rope")
 
 
 # ---- files ---------------------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_extrapolation_table_has_a_column_per_size_in_numeric_order(report):
 
 def test_failed_runs_are_listed_and_excluded(sweep, report):
     rows = summarize(collect_results([sweep]))
-    assert row_for(rows, "cayley_sparse", 0.1)["seeds"] == 1
+    assert row_for(rows, "cayley_sparse", 0.1).seeds == 1
     for page in (report, sweep / "comparison.md"):
         failures = page.read_text().split("Failed runs")[1]
         assert str(sweep / "failed_job") in failures
@@ -399,7 +400,7 @@ def parse_csv_value(text: str):
 def test_csv_reads_back_as_the_summary_rows(sweep, report):
     with (sweep / "comparison.csv").open(newline="") as handle:
         parsed = [{key: parse_csv_value(value) for key, value in row.items()} for row in csv.DictReader(handle)]
-    assert parsed == summarize(collect_results([sweep]))
+    assert parsed == [row.record() for row in summarize(collect_results([sweep]))]
     # One name per quantity: the results.json names, aggregated with a suffix.
     assert {"final_val_acc_mean", "best_val_acc_mean", "avg_epoch_time_sec_mean", "inference_time_ms_per_batch_mean",
             "num_parameters", "pos_variant", "f_sparse", "dataset"} <= set(parsed[0])
@@ -427,13 +428,13 @@ def test_cli_reports_where_the_report_went(sweep, tmp_path, capsys):
     assert main([str(sweep), str(other), "--output", str(tmp_path / "combined")]) == 0
     assert str(tmp_path / "combined" / "report.html") in capsys.readouterr().out
     rope = row_for(summarize(collect_results([sweep, other])), "rope")
-    assert rope["seeds"] == 4
+    assert rope.seeds == 4
 
 
 def test_a_repeated_seed_is_not_paired(sweep, tmp_path):
     other = write_sweep(tmp_path / "other", {("rope", None): [0.5]})  # a second rope run at seed 0
     row = row_for(summarize(collect_results([sweep, other])), "cayley_dense")
-    assert row["test"] == "Welch t"
+    assert row.test == "Welch t"
 
 
 def test_same_run_reached_twice_counts_once(sweep):
@@ -512,14 +513,14 @@ def test_the_report_run_sits_in_the_sweeps_group_and_holds_table_plots_and_page(
     logged = summary["summary"]
     rows = summarize(collect_results([sweep]))
     assert logged["comparison"]["_type"] == "table-file"
-    assert (logged["comparison"]["nrows"], logged["comparison"]["ncols"]) == (len(rows), len(rows[0]))
+    assert (logged["comparison"]["nrows"], logged["comparison"]["ncols"]) == (len(rows), len(rows[0].record()))
     images = {key for key, value in logged.items() if isinstance(value, dict) and value["_type"] == "image-file"}
     assert images == {f"plots/{Path(name).stem}" for name in PLOTS}
     assert logged["report"]["_type"] == "html-file"
     page = (offline_run / "files" / logged["report"]["path"]).read_text()
     assert page == (sweep / "report.html").read_text()
     table = json.loads((offline_run / "files" / logged["comparison"]["path"]).read_text())
-    assert table["columns"] == list(rows[0]) and table["data"][0][:5] == ["mnist", MNIST, "rope", None, "grid"]
+    assert table["columns"] == list(rows[0].record()) and table["data"][0][:5] == ["mnist", MNIST, "rope", None, "grid"]
 
 
 def resolved_config(pos: str, seed: int) -> dict:
@@ -594,7 +595,7 @@ def test_the_report_runs_group_is_the_jobs_group(tmp_path, monkeypatch):
         cfg.hydra.job.num = 0
     # What a job of this sweep sees as its Hydra config when it names its W&B run.
     monkeypatch.setattr(tracking.HydraConfig, "get", staticmethod(lambda: cfg.hydra))
-    assert tracking.run_identity(cfg)["group"] == sweep_group(cfg.hydra.sweep.dir) == "sweep-2026-11-29_10-00-00"
+    assert tracking.run_labels(cfg)["group"] == sweep_group(cfg.hydra.sweep.dir) == "sweep-2026-11-29_10-00-00"
 
 
 def published_reports() -> list[Path]:

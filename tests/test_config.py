@@ -1,4 +1,7 @@
 """Composition of every option of every config group, and refusal of bad values."""
+import dataclasses
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from rpe_bench import config, pos
 from rpe_bench.config import ConfigError, register_configs, validate
 from tests.helpers import CONF_DIR, compose_config
 
@@ -138,3 +142,36 @@ def test_hydras_own_refusals_name_the_value_and_write_nothing(tmp_path, override
     assert completed.returncode == 1
     assert named in completed.stderr and "Traceback" not in completed.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- where a default lives (docs/design.md) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("group, schema", [("trainer", "TrainerConfig"), ("logger", "LoggerConfig")])
+def test_a_settings_yaml_never_repeats_its_dataclass_default(group, schema):
+    """Framework settings: the dataclass holds the default; a YAML of the group holds only what it changes."""
+    defaults = {item.name: item.default for item in dataclasses.fields(getattr(config, schema))
+                if item.default is not dataclasses.MISSING}
+    for path in (CONF_DIR / group).glob("*.yaml"):
+        written = OmegaConf.to_container(OmegaConf.load(path)) or {}
+        repeated = {key for key, value in written.items()
+                    if key in defaults and str(getattr(defaults[key], "value", defaults[key])) == str(value)}
+        assert not repeated, f"{path.name} repeats the defaults of {sorted(repeated)}"
+    top_level = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))
+    assert "seed" not in top_level  # RunConfig.seed holds it
+
+
+@pytest.mark.parametrize("name", [path.stem for path in (CONF_DIR / "pos").glob("*.yaml")])
+def test_an_encoding_option_its_yaml_sets_has_no_constructor_default(name):
+    """Encoding options: conf/pos/<name>.yaml holds the default of every option it sets; `pos.build` fills them."""
+    signature = inspect.signature(pos.encoding_type(name)).parameters
+    configured = pos.configured_defaults(name)
+    doubled = [option for option in configured if signature[option].default is not inspect.Parameter.empty]
+    assert not doubled, f"{name}: {doubled} have defaults in the constructor and in conf/pos/{name}.yaml"
+
+
+def test_the_design_docs_module_map_names_every_module_and_only_those():
+    design = (CONF_DIR.parent / "docs" / "design.md").read_text()
+    module_map = design.split("```\n", 2)[1]
+    listed = set(re.findall(r"^  (\w+\.py|pos/)", module_map, re.MULTILINE))
+    modules = {path.name for path in (CONF_DIR.parent / "rpe_bench").glob("*.py") if path.name != "__init__.py"}
+    assert listed == modules | {"pos/"}

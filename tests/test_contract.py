@@ -167,7 +167,14 @@ def test_every_registered_encoding_keeps_its_declared_contract(name):
 
 # ---- the suite can fail: encodings that break what they declare ----------------------------------------------
 
-class AngleFromSquaredX(AxialRope):
+class RopeWithoutYaml(AxialRope):
+    """An encoding without a conf/pos YAML: its constructor holds its option's default."""
+
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
+        super().__init__(head_dim, num_heads, rope_base)
+
+
+class AngleFromSquaredX(RopeWithoutYaml):
     """Broken: the angle grows with x squared, yet it declares itself relative."""
 
     def rotate(self, q, k, coords):
@@ -175,7 +182,7 @@ class AngleFromSquaredX(AxialRope):
         return super().rotate(q, k, squared)
 
 
-class AngleFromTokenIndex(AxialRope):
+class AngleFromTokenIndex(RopeWithoutYaml):
     """Broken: the angle follows the token's index squared and ignores the coordinates, so shifting them proves
     nothing; declares itself relative."""
 

@@ -162,7 +162,7 @@ def test_cayley_basis_is_the_cayley_transform_of_the_generator():
     encoding = perturbed(make("cayley_dense"))
     rows, cols = torch.triu_indices(HEAD_DIM, HEAD_DIM, offset=1)
     skew = torch.zeros(HEADS, HEAD_DIM, HEAD_DIM, dtype=torch.float64)
-    skew[:, rows, cols] = encoding.generator.detach()
+    skew[:, rows, cols] = encoding.skew_entries.detach()
     skew = skew - skew.transpose(1, 2)
     identity = torch.eye(HEAD_DIM, dtype=torch.float64)
     expected = (identity - skew) @ torch.linalg.inv(identity + skew)
@@ -200,7 +200,7 @@ def test_sparse_cayley_with_every_entry_is_dense_cayley():
     dense = perturbed(make("cayley_dense", dtype=torch.float32))
     sparse = make("cayley_sparse", dtype=torch.float32, f=1.0)
     with torch.no_grad():
-        sparse.generator.copy_(dense.generator)
+        sparse.skew_entries.copy_(dense.skew_entries)
     q, k = random_qk(torch.float32)
     coords = random_coords(torch.float32)
     assert torch.equal(sparse.basis(), dense.basis())
@@ -208,12 +208,23 @@ def test_sparse_cayley_with_every_entry_is_dense_cayley():
         assert torch.equal(sparse_out, dense_out)
 
 
+@pytest.mark.parametrize("name, options", [("cayley_dense", {}), ("cayley_sparse", {"f": 0.3})])
+def test_a_checkpoint_from_before_the_rename_of_s_entries_still_loads(name, options):
+    """S's free entries were the parameter `generator` until they became `skew_entries`, as in LieRE/ComRoPE."""
+    trained = perturbed(make(name, **options))
+    old_style = {("generator" if key == "skew_entries" else key): value for key, value in trained.state_dict().items()}
+    resumed = make(name, **options)
+    resumed.load_state_dict(old_style)
+    assert torch.equal(resumed.skew_entries, trained.skew_entries)
+    assert torch.equal(resumed.basis(), trained.basis())
+
+
 @pytest.mark.parametrize("fraction, kept", [(1e-6, 1), (0.3, 20), (1.0, 66)])
 def test_sparse_cayley_keeps_a_fraction_of_the_free_entries(fraction, kept):
     encoding = perturbed(make("cayley_sparse", f=fraction))
-    skew = encoding.skew_generator()
+    skew = encoding.skew_matrix()
     torch.testing.assert_close(skew, -skew.transpose(1, 2), rtol=0, atol=0)
-    assert encoding.generator.shape == (HEADS, kept)
+    assert encoding.skew_entries.shape == (HEADS, kept)
     assert ((skew.triu(1) != 0).sum(dim=(1, 2)) == kept).all()
 
 

@@ -6,7 +6,6 @@
   as a local failure is, while the others finish; the comparison report then lists it and the sweep exits 1;
 - in a job of several tasks (DistributedDataParallel), only task 0 writes Hydra's files and log."""
 import logging
-import os
 import sys
 import time
 from pathlib import Path

@@ -3,21 +3,25 @@
 A new encoding is one module in this package whose class carries `@register("name")`; importing the package
 imports every module here, so nothing else needs editing. Options are the constructor's keyword arguments
 beyond `head_dim`, `num_heads` and `generator`; `build` refuses any it does not know and any value whose type
-does not match the constructor's annotation.
+does not match the constructor's annotation. An option's default is written once: in conf/pos/<name>.yaml when
+the encoding has one (what runs use and record), else in the constructor's signature.
 
 `generator` is supplied by the model, not by the user: an encoding that draws random numbers at init (a sparse
 mask, reflection vectors, mixed angles) declares `generator: Optional[torch.Generator] = None` and draws from it,
 so its draws never shift the global RNG that draws the weights every encoding shares (common random numbers
 across encodings at one seed). Without a generator it draws from the global RNG.
 """
+import functools
 import importlib
 import inspect
 import pkgutil
 import types
 import typing
-from typing import Callable, Dict, List, Optional, Type
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Type
 
 import torch
+from omegaconf import OmegaConf
 
 from rpe_bench.pos.base import PositionEncoding
 
@@ -66,9 +70,26 @@ def _check_option_type(name: str, option: str, value, annotation) -> None:
                          f"expected {expected}")
 
 
+CONF_POS_DIR = Path(__file__).resolve().parents[2] / "conf" / "pos"
+
+
+@functools.lru_cache(maxsize=None)
+def configured_defaults(name: str) -> Dict[str, Any]:
+    """The options conf/pos/<name>.yaml sets to a value (not an interpolation such as cayley_sparse's
+    `f: ${sparsity.f}`): the one place their defaults are written. The constructor has no default for these
+    (tests/test_config.py checks); an encoding without a YAML takes its constructor's defaults."""
+    path = CONF_POS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    options = OmegaConf.load(path).get("options") or OmegaConf.create({})
+    return {option: options[option] for option in options if not OmegaConf.is_interpolation(options, option)}
+
+
 def build(name: str, head_dim: int, num_heads: int, generator: Optional[torch.Generator] = None,
           **options) -> PositionEncoding:
+    """The encoding `name` with `options`, the rest from its YAML (configured_defaults)."""
     encoding = encoding_type(name)
+    options = {**configured_defaults(name), **options}
     parameters = {parameter.name: parameter for parameter in inspect.signature(encoding).parameters.values()
                   if parameter.name not in _SHAPE_ARGUMENTS}
     for option in options:

@@ -6,28 +6,35 @@ from rpe_bench.pos import register
 from rpe_bench.pos.rope import AxialRope
 
 
+def read_entries_under_their_old_name(module, state_dict, prefix, *arguments) -> None:
+    """Checkpoints written before the parameter's rename hold S's entries as `generator`: they still resume."""
+    if prefix + "generator" in state_dict:
+        state_dict[prefix + "skew_entries"] = state_dict.pop(prefix + "generator")
+
+
 @register("cayley_dense")
 class CayleyString(AxialRope):
-    """S per head from its free strictly-upper entries (`generator`), initialised to 0 so that P = I and the
+    """S per head from its free strictly-upper entries (`skew_entries`), initialised to 0 so that P = I and the
     encoding starts as exact axial RoPE. P is orthogonal with det +1 for any S."""
 
     folds = True
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float):
         super().__init__(head_dim, num_heads, rope_base)
         rows, cols = torch.triu_indices(head_dim, head_dim, offset=1)
-        # Flat positions in the d x d matrix of the entries the generator fills, per head.
+        # Flat positions in the d x d matrix of the entries skew_entries fills, per head.
         self.register_buffer("free_entries", (rows * head_dim + cols).repeat(num_heads, 1), persistent=False)
-        self.generator = nn.Parameter(torch.zeros(num_heads, rows.numel()))
+        self.skew_entries = nn.Parameter(torch.zeros(num_heads, rows.numel()))
+        self.register_load_state_dict_pre_hook(read_entries_under_their_old_name)
 
-    def skew_generator(self) -> torch.Tensor:
+    def skew_matrix(self) -> torch.Tensor:
         heads, dim = self.num_heads, self.head_dim
-        upper = self.generator.new_zeros(heads, dim * dim).scatter(1, self.free_entries, self.generator)
+        upper = self.skew_entries.new_zeros(heads, dim * dim).scatter(1, self.free_entries, self.skew_entries)
         upper = upper.view(heads, dim, dim)
         return upper - upper.transpose(1, 2)
 
     def basis(self) -> torch.Tensor:
-        skew = self.skew_generator()
+        skew = self.skew_matrix()
         identity = torch.eye(self.head_dim, dtype=skew.dtype, device=skew.device)
         # (I - S) and (I + S)^-1 commute, so one batched solve gives P without forming an inverse. I + S is
         # invertible for every skew S (its eigenvalues are 1 + i lambda), so the solve's error check, a host

@@ -14,7 +14,7 @@ class SparseCayleyString(CayleyString):
     `generator` (the model derives it from the run seed and the layer); the others stay 0 and have no parameter.
     The kept entries are sorted, so f = 1 is cayley_dense entry for entry."""
 
-    def __init__(self, head_dim: int, num_heads: int, f: float, rope_base: float = 100.0,
+    def __init__(self, head_dim: int, num_heads: int, f: float, rope_base: float,
                  generator: Optional[torch.Generator] = None):
         if not 0 < f <= 1:
             raise ValueError(f"f={f} must be in (0, 1]: the fraction of free entries of S that are kept")
@@ -26,5 +26,5 @@ class SparseCayleyString(CayleyString):
         # Persistent, unlike the dense layout: the mask comes from the seed, not from the config alone, so a
         # checkpoint must carry it.
         self.register_buffer("free_entries", self.free_entries.gather(1, kept), persistent=True)
-        self.generator = nn.Parameter(torch.zeros(num_heads, kept_count))
+        self.skew_entries = nn.Parameter(torch.zeros(num_heads, kept_count))
 

@@ -41,7 +41,7 @@ class ComRopeAxisPartition(ComRope):
     """Init: axial RoPE's frequencies, each block taking the next b/2 of its axis's, in a random rotation of each
     block; at b = 2 exactly axial RoPE with the pairs (2n, 2n + 1) alternating between x and y."""
 
-    def __init__(self, head_dim: int, num_heads: int, block_size: int = 8, rope_base: float = 100.0,
+    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
                  generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads, block_size)
         if self.num_blocks % 2:
@@ -67,7 +67,7 @@ class ComRopeLinearDependence(ComRope):
     RoPE-Mixed's init, with the pairs (2n, 2n + 1). With one block (b = head dim) every pair follows the same
     direction c: R depends on c . r alone, a limit of the method, not of the init."""
 
-    def __init__(self, head_dim: int, num_heads: int, block_size: int = 8, rope_base: float = 10.0,
+    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
                  generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads, block_size)
         magnitudes = axial_frequencies(head_dim, rope_base).repeat(2).view(self.num_blocks, block_size // 2)

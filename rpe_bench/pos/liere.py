@@ -25,7 +25,7 @@ class Liere(BlockLieEncoding):
 
     relative = False  # A_x and A_y do not commute
 
-    def __init__(self, head_dim: int, num_heads: int, block_size: int = 8, rope_base: float = 10.0,
+    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
                  generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads, block_size)
         theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)

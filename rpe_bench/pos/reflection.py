@@ -37,7 +37,7 @@ class ReflectionString(AxialRope):
 
     folds = True  # and P = I at init for even k (the default, k = head_dim)
 
-    def __init__(self, head_dim: int, num_heads: int, k: Optional[int] = None, rope_base: float = 100.0,
+    def __init__(self, head_dim: int, num_heads: int, k: Optional[int], rope_base: float,
                  generator: Optional[torch.Generator] = None):
         count = head_dim if k is None else k
         if count < 1:

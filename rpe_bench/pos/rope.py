@@ -11,7 +11,7 @@ from rpe_bench.pos.rotary import RotaryEncoding, axial_frequencies
 class AxialRope(RotaryEncoding):
     starts_as_rope = True
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 100.0):
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float):
         super().__init__(head_dim, num_heads)
         theta = axial_frequencies(head_dim, rope_base)
         zeros = torch.zeros_like(theta)

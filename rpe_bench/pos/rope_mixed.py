@@ -26,7 +26,7 @@ def mixed_frequencies(head_dim: int, num_heads: int, base: float,
 class RopeMixed(RotaryEncoding):
     """rope_base defaults to 10, as rope-vit builds its mixed models (its axial models use 100)."""
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0,
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float,
                  generator: Optional[torch.Generator] = None):
         super().__init__(head_dim, num_heads)
         theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)
