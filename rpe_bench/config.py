@@ -49,6 +49,7 @@ class Coordinates(str, Enum):
     """Where the rotary encodings place the patches (rpe_bench.coordinates.patch_coordinates)."""
     grid = "grid"  # integer patch indices: a larger image puts patches beyond the trained range
     normalized = "normalized"  # the training grid's span: a larger image gets finer spacing inside it
+    flat = "flat"  # one axis, the patch's row-major index: the reference notebook's 1D formulation
 
 
 class WandbMode(str, Enum):
@@ -193,6 +194,11 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("rpe_bench.threads_per_job", launching.threads_per_job, replace=True)
 
 
+def position_axes(coordinates) -> int:
+    """How many axes a token's position has under `pos.coordinates`."""
+    return 1 if Coordinates(coordinates) is Coordinates.flat else 2
+
+
 def validate(cfg) -> None:
     """Range checks that types alone cannot express. Raises ConfigError with one line."""
 
@@ -209,7 +215,7 @@ def validate(cfg) -> None:
         refuse(f"model.emb_dim={model.emb_dim} is not divisible by model.num_heads={model.num_heads}")
     try:  # each encoding checks its own options (head dim, f, k): building one is cheap
         pos.build(cfg.pos.name, head_dim=model.emb_dim // model.num_heads, num_heads=model.num_heads,
-                  **cfg.pos.options)
+                  axes=position_axes(cfg.pos.coordinates), **cfg.pos.options)
     except ValueError as error:
         refuse(f"pos={cfg.pos.name} with emb_dim {model.emb_dim} and {model.num_heads} heads: {error}")
     if model.depth < 1:
@@ -229,6 +235,11 @@ def validate(cfg) -> None:
         if value is not None and value < 1:
             refuse(f"trainer.{key}={value} must be >= 1 or null")
     augmentation = cfg.pos.coordinate_augmentation
+    augmented = [name for name, value in augmentation.items() if value is not None]
+    if augmented and position_axes(cfg.pos.coordinates) != 2:
+        refuse(f"pos.coordinate_augmentation.{augmented[0]} needs (x, y) coordinates, and "
+               f"pos.coordinates={Coordinates(cfg.pos.coordinates).value} has {position_axes(cfg.pos.coordinates)} "
+               f"axis: allowed with pos.coordinates=grid or normalized")
     try:  # the augmentation checks its own ranges
         CoordinateAugmentation(augmentation.shift, augmentation.jitter, augmentation.rescale, torch.Generator())
     except ValueError as error:

@@ -30,6 +30,13 @@ def patch_coordinates(grid_height: int, grid_width: int, training_grid: Optional
     return torch.cat([patches.new_zeros(1, 2), patches])
 
 
+def flat_coordinates(grid_height: int, grid_width: int, device=None) -> torch.Tensor:
+    """(1 + H*W, 1) float positions with one axis ("flat"): CLS at 0, then each patch's row-major index, as the
+    reference notebook encoded them. A larger image's patches continue the index past the trained range."""
+    index = torch.arange(grid_height * grid_width, device=device, dtype=torch.float32)
+    return torch.cat([index.new_zeros(1), index])[:, None]
+
+
 def log_uniform(count: int, limit: float, generator: torch.Generator) -> torch.Tensor:
     """`count` factors with log uniform in [-log limit, log limit]."""
     return ((2 * torch.rand(count, generator=generator) - 1) * math.log(limit)).exp()

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rpe_bench import pos as position_encodings
-from rpe_bench.config import Coordinates
-from rpe_bench.coordinates import CoordinateAugmentation, patch_coordinates
+from rpe_bench.config import Coordinates, position_axes
+from rpe_bench.coordinates import CoordinateAugmentation, flat_coordinates, patch_coordinates
 from rpe_bench.numerics import autocast_off
 from rpe_bench.pos.base import PositionEncoding
 
@@ -120,7 +120,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             Block(shape, position_encodings.build(encoding, head_dim=head_dim, num_heads=shape.num_heads,
                                                   generator=encoding_generator(seed, layer),
-                                                  **(encoding_options or {})))
+                                                  axes=position_axes(self.coordinates), **(encoding_options or {})))
             for layer in range(shape.depth))
         self.norm = nn.LayerNorm(shape.emb_dim)
         self.head = nn.Linear(shape.emb_dim, shape.num_classes)
@@ -157,6 +157,8 @@ class VisionTransformer(nn.Module):
                           coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
         """CLS and patch positions for the encodings under `pos.coordinates` (rpe_bench.coordinates), relative to
         the training grid; augmented in training mode only, by `coordinate_draw` or else a draw made here."""
+        if self.coordinates is Coordinates.flat:
+            return flat_coordinates(grid_height, grid_width, device=device)
         training_grid = self.grid_size if self.coordinates is Coordinates.normalized else None
         coords = patch_coordinates(grid_height, grid_width, training_grid, device=device)
         if self.training and self.coordinate_augmentation is not None:

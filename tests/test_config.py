@@ -92,7 +92,7 @@ def test_hydra_refuses_bad_types_keys_and_options(override, error):
     (["pos=cayley_sparse", "sparsity.f=1.5"], "sparsity.f=1.5"),
     (["model.patch_size=5"], "patch size 5"),
     (["model.emb_dim=130"], "emb_dim=130"),
-    (["model.emb_dim=120", "model.num_heads=4"], "30"),  # head dim 30 is not divisible by 4
+    (["model.emb_dim=126", "model.num_heads=2"], "63"),  # head dim 63 is odd: its channels do not pair
     (["trainer.lr=0"], "trainer.lr=0"),
     (["trainer.epochs=0"], "trainer.epochs=0"),
     (["trainer.batch_size=0"], "trainer.batch_size=0"),

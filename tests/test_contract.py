@@ -26,11 +26,11 @@ def configured_options(name: str) -> dict:
     return dict(compose_config(f"pos={name}").pos.options)
 
 
-def make(name: str, seed: int = 0, moved: bool = True) -> pos.PositionEncoding:
-    """The encoding in fp64, its parameters moved off their initial values unless `moved` is False (at init
-    STRING's P is I, and a wrong P would pass)."""
+def make(name: str, seed: int = 0, moved: bool = True, axes: int = 2) -> pos.PositionEncoding:
+    """The encoding in fp64 for positions with `axes` axes, its parameters moved off their initial values unless
+    `moved` is False (at init STRING's P is I, and a wrong P would pass)."""
     encoding = pos.build(name, head_dim=HEAD_DIM, num_heads=HEADS, generator=torch.Generator().manual_seed(seed),
-                         **configured_options(name)).double()
+                         axes=axes, **configured_options(name)).double()
     if moved:
         torch.manual_seed(seed)
         with torch.no_grad():
@@ -39,10 +39,14 @@ def make(name: str, seed: int = 0, moved: bool = True) -> pos.PositionEncoding:
     return encoding
 
 
-def inputs(seed: int = 0):
+# A shift of every coordinate, one entry per axis: (x, y), (index) or (t, x, y).
+SHIFT = (3.25, -5.5, 1.75)
+
+
+def inputs(seed: int = 0, axes: int = 2):
     generator = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(2, HEADS, TOKENS, HEAD_DIM, dtype=torch.float64, generator=generator) for _ in range(2))
-    coords = torch.rand(TOKENS, 2, dtype=torch.float64, generator=generator) * 8
+    coords = torch.rand(TOKENS, axes, dtype=torch.float64, generator=generator) * 8
     coords[0] = 0  # CLS at the origin
     return q, k, coords
 
@@ -60,13 +64,13 @@ def rounding_bound(q, k) -> float:
 
 # ---- the checks, one per declared property -------------------------------------------------------------------
 
-def check_relative(encoding) -> None:
+def check_relative(encoding, axes: int = 2) -> None:
     """q_i . k_j depends on r_i - r_j alone: unchanged by a shift of every coordinate, and permuted along with
     the tokens when the tokens and their coordinates are permuted together."""
-    q, k, coords = inputs()
+    q, k, coords = inputs(axes=axes)
     reference = logits(encoding, q, k, coords)
     bound = rounding_bound(q, k)
-    shifted = logits(encoding, q, k, coords + torch.tensor([3.25, -5.5], dtype=coords.dtype))
+    shifted = logits(encoding, q, k, coords + torch.tensor(SHIFT[:axes], dtype=coords.dtype))
     assert (shifted - reference).abs().max().item() <= bound, "logits change when every coordinate shifts"
     order = torch.randperm(TOKENS, generator=torch.Generator().manual_seed(1))
     permuted = logits(encoding, q[:, :, order], k[:, :, order], coords[order] + 1.5)
@@ -74,18 +78,18 @@ def check_relative(encoding) -> None:
     assert (permuted - expected).abs().max().item() <= bound, "logits follow the token order, not the coordinates"
 
 
-def check_norms_kept(encoding) -> None:
+def check_norms_kept(encoding, axes: int = 2) -> None:
     """Every rotation and every P is orthogonal: each token's q and k keep their norms."""
-    q, k, coords = inputs()
+    q, k, coords = inputs(axes=axes)
     encoded_q, encoded_k = encoding(q, k, coords)
     bound = chain_bound(2 * HEAD_DIM, torch.float32, q.norm(dim=-1).max().item())
     assert (encoded_q.norm(dim=-1) - q.norm(dim=-1)).abs().max().item() <= bound
     assert (encoded_k.norm(dim=-1) - k.norm(dim=-1)).abs().max().item() <= bound
 
 
-def check_cls_unchanged(encoding) -> None:
+def check_cls_unchanged(encoding, axes: int = 2) -> None:
     """CLS sits at the origin, where the rotation is the identity (a STRING basis P still applies to it)."""
-    q, k, coords = inputs()
+    q, k, coords = inputs(axes=axes)
     encoded_q, encoded_k = encoding.rotate(q, k, coords)
     bound = chain_bound(2 * HEAD_DIM, torch.float32, q.abs().max().item())
     assert (encoded_q[:, :, 0] - q[:, :, 0]).abs().max().item() <= bound
@@ -188,7 +192,7 @@ class AngleFromTokenIndex(RopeWithoutYaml):
 
     def rotate(self, q, k, coords):
         index = torch.arange(coords.shape[0], dtype=coords.dtype)
-        return apply_rotation(q, k, ((index ** 2)[:, None] * self.theta_x.squeeze(0))[None])
+        return apply_rotation(q, k, ((index ** 2)[:, None] * self.theta[0].squeeze(0))[None])
 
 
 @pytest.mark.parametrize("broken, caught_by", [

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from rpe_bench.pos.base import PositionEncoding
 
 _ENCODINGS: Dict[str, Type[PositionEncoding]] = {}
-_SHAPE_ARGUMENTS = ("head_dim", "num_heads", "generator")
+_SHAPE_ARGUMENTS = ("head_dim", "num_heads", "generator", "axes")
 
 
 def register(name: str) -> Callable[[Type[PositionEncoding]], Type[PositionEncoding]]:
@@ -85,10 +85,21 @@ def configured_defaults(name: str) -> Dict[str, Any]:
     return {option: options[option] for option in options if not OmegaConf.is_interpolation(options, option)}
 
 
-def build(name: str, head_dim: int, num_heads: int, generator: Optional[torch.Generator] = None,
+def takes_axes(name: str, axes: int) -> bool:
+    supported = encoding_type(name).supported_axes
+    return supported is None or axes in supported
+
+
+def build(name: str, head_dim: int, num_heads: int, generator: Optional[torch.Generator] = None, axes: int = 2,
           **options) -> PositionEncoding:
-    """The encoding `name` with `options`, the rest from its YAML (configured_defaults)."""
+    """The encoding `name` with `options`, the rest from its YAML (configured_defaults), for positions with
+    `axes` axes."""
     encoding = encoding_type(name)
+    if not takes_axes(name, axes):
+        able = [other for other in available() if takes_axes(other, axes)]
+        supported = " or ".join(map(str, encoding.supported_axes))
+        raise ValueError(f"position encoding {name!r} takes positions with {supported} axes, not {axes}; "
+                         f"encodings that take {axes}: {', '.join(able)}")
     options = {**configured_defaults(name), **options}
     parameters = {parameter.name: parameter for parameter in inspect.signature(encoding).parameters.values()
                   if parameter.name not in _SHAPE_ARGUMENTS}
@@ -104,6 +115,8 @@ def build(name: str, head_dim: int, num_heads: int, generator: Optional[torch.Ge
         _check_option_type(name, option, value, hints.get(option))
     if "generator" in inspect.signature(encoding).parameters:
         options["generator"] = generator
+    if "axes" in inspect.signature(encoding).parameters:
+        options["axes"] = axes
     return encoding(head_dim=head_dim, num_heads=num_heads, **options)
 
 

@@ -18,11 +18,15 @@ class PositionEncoding(nn.Module):
     What an encoding is, declared on its class and checked for every registered encoding by tests/test_contract.py:
     `relative`: q_i . k_j depends only on r_i - r_j (LieRE's non-commuting generators are the exception);
     `starts_as_rope`: at init, with its default options, its logits are axial RoPE's of its own base;
-    `folds`: it has a basis P (`basis()`), folded into the q/k projection."""
+    `folds`: it has a basis P (`basis()`), folded into the q/k projection;
+    `supported_axes`: the numbers of position axes it takes (2: (x, y); 1: the flat patch index; 3: (t, x, y)),
+    None for any. An encoding that takes other than 2 declares `axes: int` in its constructor, which `build`
+    fills in."""
 
     relative: bool = True
     starts_as_rope: bool = False
     folds: bool = False
+    supported_axes: Optional[Tuple[int, ...]] = (2,)
 
     def __init__(self, head_dim: int, num_heads: int):
         super().__init__()

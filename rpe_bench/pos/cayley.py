@@ -19,8 +19,8 @@ class CayleyString(AxialRope):
 
     folds = True
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float):
-        super().__init__(head_dim, num_heads, rope_base)
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float, axes: int = 2):
+        super().__init__(head_dim, num_heads, rope_base, axes)
         rows, cols = torch.triu_indices(head_dim, head_dim, offset=1)
         # Flat positions in the d x d matrix of the entries skew_entries fills, per head.
         self.register_buffer("free_entries", (rows * head_dim + cols).repeat(num_heads, 1), persistent=False)

@@ -15,10 +15,10 @@ class SparseCayleyString(CayleyString):
     The kept entries are sorted, so f = 1 is cayley_dense entry for entry."""
 
     def __init__(self, head_dim: int, num_heads: int, f: float, rope_base: float,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
         if not 0 < f <= 1:
             raise ValueError(f"f={f} must be in (0, 1]: the fraction of free entries of S that are kept")
-        super().__init__(head_dim, num_heads, rope_base)
+        super().__init__(head_dim, num_heads, rope_base, axes)
         upper_count = self.free_entries.shape[1]
         kept_count = max(1, round(f * upper_count))
         kept = torch.rand(num_heads, upper_count, generator=generator).argsort(dim=1)[:, :kept_count]

@@ -12,7 +12,7 @@ unit length), L w_n = omega_n u_n and L u_n = -omega_n w_n: the pair (w_n, u_n) 
 x omega^x_n + y omega^y_n. Modes 0 and d/2 have omega = 0 (they never rotate) and form one pair at angle 0.
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
@@ -65,8 +65,8 @@ class CirculantString(RotaryEncoding):
         self.c_y = nn.Parameter(circulant_from_frequencies(theta_y[:, :rotating], head_dim))
         self.register_buffer("fourier_basis", real_fourier_basis(head_dim), persistent=False)
 
-    def frequencies(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return circulant_frequencies(self.c_x), circulant_frequencies(self.c_y)
+    def frequencies(self) -> torch.Tensor:
+        return torch.stack([circulant_frequencies(self.c_x), circulant_frequencies(self.c_y)])
 
     def basis(self) -> torch.Tensor:
         return self.fourier_basis.expand(self.num_heads, -1, -1)

@@ -1,10 +1,14 @@
 """No relative encoding in attention. `ape` differs from `none` only in the model, which adds its learned
-absolute table to the patch tokens (conf/pos/ape.yaml sets absolute_table), so one class serves both."""
+absolute table to the patch tokens (conf/pos/ape.yaml sets absolute_table)."""
 from rpe_bench.pos import register
 from rpe_bench.pos.base import PositionEncoding
 
 
 @register("none")
-@register("ape")
 class NoRelativeEncoding(PositionEncoding):
-    pass
+    supported_axes = None  # positions are never read
+
+
+@register("ape")
+class AbsoluteTableOnly(NoRelativeEncoding):
+    supported_axes = (2,)  # the model's table is a 2D grid, interpolated over both axes

@@ -38,11 +38,11 @@ class ReflectionString(AxialRope):
     folds = True  # and P = I at init for even k (the default, k = head_dim)
 
     def __init__(self, head_dim: int, num_heads: int, k: Optional[int], rope_base: float,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
         count = head_dim if k is None else k
         if count < 1:
             raise ValueError(f"k={k} must be >= 1 (the number of reflections), or null for head_dim")
-        super().__init__(head_dim, num_heads, rope_base)
+        super().__init__(head_dim, num_heads, rope_base, axes)
         directions = torch.randn(num_heads, (count + 1) // 2, head_dim, generator=generator)
         self.vectors = nn.Parameter(directions.repeat_interleave(2, dim=1)[:, :count].clone())
 

@@ -33,5 +33,5 @@ class RopeMixed(RotaryEncoding):
         self.theta_x = nn.Parameter(theta_x)
         self.theta_y = nn.Parameter(theta_y)
 
-    def frequencies(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.theta_x, self.theta_y
+    def frequencies(self) -> torch.Tensor:
+        return torch.stack([self.theta_x, self.theta_y])

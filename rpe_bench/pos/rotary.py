@@ -1,7 +1,8 @@
 """The one RoPE rotation every rotary variant uses, and the axial frequencies they start from.
 
 Layout, "rotate-half": rotation pair n (n < head_dim / 2) is the channels (n, n + head_dim / 2), rotated by
-angle phi_n = theta_x[n] * x + theta_y[n] * y. Axial RoPE uses the first half of the pairs for x and the
+angle phi_n = sum_i theta_i[n] r_i over the position's axes r = (x, y), (index) or (t, x, y). Axial RoPE
+gives each axis a contiguous section of the pairs (axial_sections): for two axes the first half for x and the
 second half for y. The interleaved layout (2n, 2n + 1) is the same family up to a fixed channel permutation,
 but mixing the two silently breaks equivalence with pretrained or reference code, so only this one exists.
 """
@@ -18,21 +19,40 @@ def check_rotary_head_dim(head_dim: int) -> None:
                          f"positive multiple of 4 (pairs of channels, half of the pairs for x and half for y)")
 
 
-def axial_frequencies(head_dim: int, base: float) -> torch.Tensor:
-    """theta_t = base^(-t / (head_dim / 4)), t < head_dim / 4 (RoPE-ViT axial; base 100 for images)."""
+def section_frequencies(pairs: int, base: float) -> torch.Tensor:
+    """theta_t = base^(-t / pairs), t < pairs: one axis's frequencies over its section of the pairs."""
     if base <= 0:
         raise ValueError(f"rope_base={base} must be > 0")
-    quarter = head_dim // 4
-    return base ** (-torch.arange(quarter, dtype=torch.float32) / quarter)
+    return base ** (-torch.arange(pairs, dtype=torch.float32) / pairs)
 
 
-def rotary_angles(coords: torch.Tensor, theta_x: torch.Tensor, theta_y: torch.Tensor) -> torch.Tensor:
-    """(heads or 1, tokens, head_dim / 2) angles from coords (tokens, 2) and frequencies (heads or 1, d / 2).
+def axial_frequencies(head_dim: int, base: float) -> torch.Tensor:
+    """theta_t = base^(-t / (head_dim / 4)), t < head_dim / 4: one axis of two (RoPE-ViT axial; base 100 for
+    images), where the frequencies of RoPE-Mixed, Circulant, LieRE and ComRoPE start."""
+    return section_frequencies(head_dim // 4, base)
+
+
+def axial_sections(head_dim: int, axes: int) -> list[int]:
+    """How many rotation pairs each axis gets: the head_dim / 2 pairs split as evenly as they go, the first axes
+    taking one more where they do not divide (mRoPE's sections), e.g. 16 pairs over (t, x, y) -> 6, 5, 5."""
+    pairs = head_dim // 2
+    if head_dim % 2 or pairs < axes:
+        raise ValueError(f"head_dim={head_dim} is not allowed for axial RoPE over {axes} axes: it must be even "
+                         f"with at least one pair of channels per axis (head_dim >= {2 * axes})")
+    return [pairs // axes + (axis < pairs % axes) for axis in range(axes)]
+
+
+def rotary_angles(coords: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """(heads or 1, tokens, head_dim / 2) angles from coords (tokens, axes) and frequencies (axes, heads or 1,
+    d / 2), summed axis by axis.
 
     Elementwise products, not a matmul: autocast would run a matmul in bf16, whose 8-bit mantissa turns
     position * frequency into an angle error of several degrees at the far side of the grid."""
-    coords = coords.to(theta_x.dtype)
-    return coords[:, 0, None] * theta_x[:, None, :] + coords[:, 1, None] * theta_y[:, None, :]
+    coords = coords.to(theta.dtype)
+    angles = coords[:, 0, None] * theta[0][:, None, :]
+    for axis in range(1, theta.shape[0]):
+        angles = angles + coords[:, axis, None] * theta[axis][:, None, :]
+    return angles
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -48,14 +68,16 @@ def apply_rotation(q: torch.Tensor, k: torch.Tensor, angles: torch.Tensor) -> Tu
 
 
 class RotaryEncoding(PositionEncoding):
-    """A rotation with angles linear in the position: frequencies() -> (theta_x, theta_y), (heads or 1, d/2)."""
+    """A rotation with angles linear in the position: frequencies() -> (axes, heads or 1, d/2), one frequency
+    vector per axis."""
 
-    def __init__(self, head_dim: int, num_heads: int):
-        check_rotary_head_dim(head_dim)
+    def __init__(self, head_dim: int, num_heads: int, check_head_dim: bool = True):
+        if check_head_dim:
+            check_rotary_head_dim(head_dim)
         super().__init__(head_dim, num_heads)
 
-    def frequencies(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def frequencies(self) -> torch.Tensor:
         raise NotImplementedError
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return apply_rotation(q, k, rotary_angles(coords, *self.frequencies()))
+        return apply_rotation(q, k, rotary_angles(coords, self.frequencies()))
