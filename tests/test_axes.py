@@ -1,5 +1,6 @@
 """Positions with any number of axes: each encoding declares the numbers of axes it takes (`supported_axes`),
 is exact for every one of them, refuses the others with one line, and 2D runs stay what they were."""
+import inspect
 import json
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from rpe_bench import pos
 from rpe_bench.config import ConfigError, validate
 from rpe_bench.coordinates import flat_coordinates
-from rpe_bench.pos.rotary import axial_frequencies, axial_sections, rotary_angles
+from rpe_bench.pos.rotary import axial_frequencies, axial_sections, random_frames, rotary_angles
 from tests.golden_runs import GOLDEN_FILE, METRICS, encodings, tiny_run
 from tests.helpers import TINY_RUN, compose_config, read_results, run_training
 from tests.test_contract import HEAD_DIM, check_cls_unchanged, check_norms_kept, check_relative, make
@@ -25,11 +26,16 @@ def test_every_encoding_is_exact_for_the_axes_it_declares_and_refuses_the_others
         (line,) = str(refused.value).splitlines()
         assert "takes positions with" in line and f"not {axes}" in line and "rope" in line
         return
-    encoding = make(name, axes=axes)
+    # A 16-channel head holds two blocks of 8: blocks of 4 give every one of three axes a block of its own.
+    takes_blocks = "block_size" in inspect.signature(pos.encoding_type(name)).parameters
+    encoding = make(name, axes=axes, **({"block_size": 4} if takes_blocks and axes > 2 else {}))
     check_norms_kept(encoding, axes)
     check_cls_unchanged(encoding, axes)
-    if encoding.relative:
+    if encoding.relative or axes == 1:  # one generator always commutes with itself
         check_relative(encoding, axes)
+    else:  # LieRE's generators do not commute: relativity must fail, or the check could not tell
+        with pytest.raises(AssertionError, match="logits change when every coordinate shifts"):
+            check_relative(encoding, axes)
 
 
 def test_pairs_are_split_among_the_axes_as_evenly_as_they_go():
@@ -66,9 +72,10 @@ def test_a_flat_run_trains_and_records_its_coordinates(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["pos=liere", "pos.coordinates=flat"],
-     "pos=liere with emb_dim 32 and 2 heads: position encoding 'liere' takes positions with 2 axes, not 1; "
-     "encodings that take 1: cayley_dense, cayley_sparse, none, reflection, rope"),
+    (["pos=ape", "pos.coordinates=flat"],
+     "pos=ape with emb_dim 32 and 2 heads: position encoding 'ape' takes positions with 2 axes, not 1; "
+     "encodings that take 1: cayley_dense, cayley_sparse, circulant, comrope_ap, comrope_ld, liere, none, "
+     "reflection, rope, rope_mixed"),
     (["pos=rope", "pos.coordinates=flat", "pos.coordinate_augmentation.shift=0.1"],
      "pos.coordinate_augmentation.shift needs (x, y) coordinates, and pos.coordinates=flat has 1 axis: allowed "
      "with pos.coordinates=grid or normalized")])
@@ -90,3 +97,20 @@ def test_two_axis_runs_reproduce_the_numbers_recorded_before_axes_were_general(n
     for now, before in zip(history, recorded, strict=True):
         for metric in METRICS:
             assert now[metric] == pytest.approx(before[metric], rel=tolerance, abs=tolerance), (name, metric)
+
+
+def test_comrope_ap_gives_block_j_to_axis_j_mod_d_and_allows_an_uneven_split():
+    encoding = make("comrope_ap", axes=3, block_size=4, moved=False)  # 16 channels: 4 blocks over (t, x, y)
+    assert encoding.axis_scales().squeeze(1).sum(dim=1).tolist() == [2.0, 1.0, 1.0]
+    assert encoding.axis_scales().squeeze(1).argmax(dim=0).tolist() == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("axes", AXES)
+def test_random_frames_are_orthonormal_and_rope_vits_angle_in_2d(axes):
+    frames = random_frames(5, axes, torch.Generator().manual_seed(0)).double()
+    identity = torch.eye(axes, dtype=torch.float64).expand(5, -1, -1)
+    torch.testing.assert_close(frames @ frames.transpose(-1, -2), identity, rtol=0,
+                               atol=4 * axes * torch.finfo(torch.float32).eps)
+    if axes == 2:  # rows at a and a + pi/2
+        torch.testing.assert_close(frames[:, 1], torch.stack([-frames[:, 0, 1], frames[:, 0, 0]], dim=-1),
+                                   rtol=0, atol=4 * torch.finfo(torch.float32).eps)

@@ -26,11 +26,12 @@ def configured_options(name: str) -> dict:
     return dict(compose_config(f"pos={name}").pos.options)
 
 
-def make(name: str, seed: int = 0, moved: bool = True, axes: int = 2) -> pos.PositionEncoding:
-    """The encoding in fp64 for positions with `axes` axes, its parameters moved off their initial values unless
-    `moved` is False (at init STRING's P is I, and a wrong P would pass)."""
+def make(name: str, seed: int = 0, moved: bool = True, axes: int = 2, **options) -> pos.PositionEncoding:
+    """The encoding in fp64 for positions with `axes` axes, with its configured options unless `options` says
+    otherwise, its parameters moved off their initial values unless `moved` is False (at init STRING's P is I,
+    and a wrong P would pass)."""
     encoding = pos.build(name, head_dim=HEAD_DIM, num_heads=HEADS, generator=torch.Generator().manual_seed(seed),
-                         axes=axes, **configured_options(name)).double()
+                         axes=axes, **{**configured_options(name), **options}).double()
     if moved:
         torch.manual_seed(seed)
         with torch.no_grad():

@@ -313,9 +313,9 @@ def test_generators_are_not_weight_decayed(name):
     ("liere", 32, 1, "[2, 4, 8, 16, 32]"),  # below 2
     ("comrope_ld", 32, 0, "[2, 4, 8, 16, 32]"),
     ("comrope_ld", 24, 3, "[2, 4, 6, 8, 12, 24]"),  # odd: divides, but a 3 x 3 block never rotates one direction
-    ("comrope_ap", 32, 32, "[2, 4, 8, 16]"),  # divides the head dim but not its half
+    ("comrope_ap", 32, 32, "[2, 4, 8, 16]"),  # one block, two axes: each axis needs a block of its own
     ("liere", 9, 3, "none, the head dim is odd"),
-    ("comrope_ap", 18, 2, "none, head_dim / 2 is odd"),
+    ("comrope_ap", 6, 6, "[2]"),
 ])
 def test_bad_block_sizes_are_refused_with_the_allowed_ones(name, head_dim, block_size, allowed):
     with pytest.raises(ValueError, match=f"block_size={block_size} is not allowed") as refused:

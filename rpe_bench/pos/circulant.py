@@ -19,7 +19,7 @@ from torch import nn
 
 from rpe_bench.pos import register
 from rpe_bench.pos.rope_mixed import mixed_frequencies
-from rpe_bench.pos.rotary import RotaryEncoding
+from rpe_bench.pos.rotary import RotaryEncoding, axial_sections, axis_names
 
 
 def real_fourier_basis(dim: int) -> torch.Tensor:
@@ -55,18 +55,20 @@ class CirculantString(RotaryEncoding):
     for the non-rotating pair; a small random c would start almost without positional signal."""
 
     folds = True
+    supported_axes = None  # one circulant generator per axis (c_x, c_y; c_index; c_t, c_x, c_y)
 
     def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0,
-                 generator: Optional[torch.Generator] = None):
-        super().__init__(head_dim, num_heads)
-        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
+        super().__init__(head_dim, num_heads, check_head_dim=False)  # axial_sections checks it
+        self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
         rotating = head_dim // 2 - 1
-        self.c_x = nn.Parameter(circulant_from_frequencies(theta_x[:, :rotating], head_dim))
-        self.c_y = nn.Parameter(circulant_from_frequencies(theta_y[:, :rotating], head_dim))
+        for name, theta in zip(self.axis_names, mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)):
+            self.register_parameter(f"c_{name}", nn.Parameter(circulant_from_frequencies(theta[:, :rotating],
+                                                                                         head_dim)))
         self.register_buffer("fourier_basis", real_fourier_basis(head_dim), persistent=False)
 
     def frequencies(self) -> torch.Tensor:
-        return torch.stack([circulant_frequencies(self.c_x), circulant_frequencies(self.c_y)])
+        return torch.stack([circulant_frequencies(getattr(self, f"c_{name}")) for name in self.axis_names])
 
     def basis(self) -> torch.Tensor:
         return self.fourier_basis.expand(self.num_heads, -1, -1)

@@ -9,7 +9,6 @@ Commuting would also allow exp(s_j B_j) = exp(c_xj x B_j) exp(c_yj y B_j), expon
 value (16 on the CIFAR grid instead of 65 tokens), but gathering them back per token costs more in the backward
 pass than it saves at these sizes, so the exponential is taken per token as for LieRE.
 """
-import math
 from typing import Optional
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from rpe_bench.pos import register
 from rpe_bench.pos.lie import BlockLieEncoding, matrix_exponential, skew_symmetric, spectral_skew_entries
-from rpe_bench.pos.rotary import axial_frequencies
+from rpe_bench.pos.rotary import axial_sections, random_frames, section_frequencies
 
 
 class ComRope(BlockLieEncoding):
@@ -25,35 +24,44 @@ class ComRope(BlockLieEncoding):
     `axis_scales`."""
 
     skew_entries: nn.Parameter
+    supported_axes = None
 
     def axis_scales(self) -> torch.Tensor:
         """c, (axis, heads or 1, blocks)."""
         raise NotImplementedError
 
     def block_rotations(self, coords: torch.Tensor) -> torch.Tensor:
-        scale_x, scale_y = self.axis_scales()
-        positions = coords[:, 0, None, None] * scale_x + coords[:, 1, None, None] * scale_y  # (tokens, heads, blocks)
+        scales = self.axis_scales()
+        positions = coords[:, 0, None, None] * scales[0]  # s_j(r), (tokens, heads, blocks)
+        for axis in range(1, scales.shape[0]):
+            positions = positions + coords[:, axis, None, None] * scales[axis]
         return matrix_exponential(positions[..., None, None] * skew_symmetric(self.skew_entries, self.block_size))
 
 
 @register("comrope_ap")
 class ComRopeAxisPartition(ComRope):
-    """Init: axial RoPE's frequencies, each block taking the next b/2 of its axis's, in a random rotation of each
-    block; at b = 2 exactly axial RoPE with the pairs (2n, 2n + 1) alternating between x and y."""
+    """Block j follows axis j mod D alone, so with 4 blocks over (t, x, y) the axes get 2, 1 and 1 blocks. Init:
+    axial RoPE's frequencies, each block taking the next b/2 of its axis's (base^(-t / n) over the n frequencies
+    its blocks hold), in a random rotation of each block; at b = 2 over (x, y) exactly axial RoPE with the pairs
+    (2n, 2n + 1) alternating between x and y."""
 
     def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
         super().__init__(head_dim, num_heads, block_size)
-        if self.num_blocks % 2:
-            allowed = [size for size in range(2, head_dim // 2 + 1, 2) if head_dim // 2 % size == 0]
-            raise ValueError(f"block_size={block_size} is not allowed with head_dim={head_dim} for comrope_ap: "
-                             f"each axis takes half of the blocks, so it must be an even divisor of "
-                             f"head_dim / 2; allowed: {allowed or 'none, head_dim / 2 is odd'}")
-        per_axis = axial_frequencies(head_dim, rope_base).view(self.num_blocks // 2, block_size // 2)
-        frequencies = per_axis.repeat_interleave(2, dim=0).expand(num_heads, -1, -1)
-        self.skew_entries = nn.Parameter(spectral_skew_entries(frequencies, generator))
-        serves_x = (torch.arange(self.num_blocks) % 2 == 0).float()
-        self.register_buffer("serving", torch.stack([serves_x, 1 - serves_x])[:, None], persistent=False)
+        if self.num_blocks < axes:
+            allowed = [size for size in range(2, head_dim // axes + 1, 2) if head_dim % size == 0]
+            raise ValueError(f"block_size={block_size} is not allowed with head_dim={head_dim} for comrope_ap over "
+                             f"{axes} axes: each axis needs a block of its own, so the head dim must hold at least "
+                             f"{axes} blocks; allowed: {allowed or 'none'}")
+        axis_of_block = torch.arange(self.num_blocks) % axes
+        blocks_per_axis = [int((axis_of_block == axis).sum()) for axis in range(axes)]
+        per_axis = [section_frequencies(blocks * block_size // 2, rope_base).view(blocks, block_size // 2)
+                    for blocks in blocks_per_axis]
+        # Block j is the (j // D)-th block of its axis.
+        frequencies = torch.stack([per_axis[block % axes][block // axes] for block in range(self.num_blocks)])
+        self.skew_entries = nn.Parameter(spectral_skew_entries(frequencies.expand(num_heads, -1, -1), generator))
+        serving = torch.stack([(axis_of_block == axis).float() for axis in range(axes)])
+        self.register_buffer("serving", serving[:, None], persistent=False)
 
     def axis_scales(self) -> torch.Tensor:
         return self.serving
@@ -61,21 +69,25 @@ class ComRopeAxisPartition(ComRope):
 
 @register("comrope_ld")
 class ComRopeLinearDependence(ComRope):
-    """Init: RoPE-Mixed's. B_j has the axial magnitudes (the list taken twice, as RoPE-Mixed's pairs do), the
-    next b/2 of them per block, in a random rotation of the block; per head one random direction a, the first
-    half of the blocks scaled along (cos a, sin a), the others along a + pi/2. At b = 2 this is exactly
+    """Init: RoPE-Mixed's. B_j has RoPE-Mixed's magnitudes (axial ones per section of the pairs, one section per
+    axis), the next b/2 of them per block, in a random rotation of the block; per head a random frame
+    (random_frames), each block scaled along the direction of the section its first pair is in: over (x, y)
+    the first half of the blocks along (cos a, sin a), the others along a + pi/2. At b = 2 this is exactly
     RoPE-Mixed's init, with the pairs (2n, 2n + 1). With one block (b = head dim) every pair follows the same
     direction c: R depends on c . r alone, a limit of the method, not of the init."""
 
     def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
         super().__init__(head_dim, num_heads, block_size)
-        magnitudes = axial_frequencies(head_dim, rope_base).repeat(2).view(self.num_blocks, block_size // 2)
+        sections = axial_sections(head_dim, axes)
+        magnitudes = torch.cat([section_frequencies(pairs, rope_base) for pairs in sections])
+        magnitudes = magnitudes.view(self.num_blocks, block_size // 2)
         self.skew_entries = nn.Parameter(spectral_skew_entries(magnitudes.expand(num_heads, -1, -1), generator))
-        angle = torch.rand(num_heads, 1, generator=generator) * 2 * math.pi
-        directions = angle + math.pi / 2 * (2 * torch.arange(self.num_blocks) >= self.num_blocks)
-        # (axis, heads, blocks): c_xj and c_yj.
-        self.scales = nn.Parameter(torch.stack([directions.cos(), directions.sin()]))
+        section_of_pair = torch.repeat_interleave(torch.arange(axes), torch.tensor(sections))
+        section_of_block = section_of_pair[::block_size // 2]
+        directions = random_frames(num_heads, axes, generator)[:, section_of_block, :]  # (heads, blocks, axes)
+        # (axis, heads, blocks): c_ij.
+        self.scales = nn.Parameter(torch.stack([directions[..., axis] for axis in range(axes)]))
 
     def axis_scales(self) -> torch.Tensor:
         return self.scales

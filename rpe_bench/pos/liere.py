@@ -23,21 +23,25 @@ class Liere(BlockLieEncoding):
     positions in [0, 1]) has no meaning in patch units; at b = 2 this init is exactly RoPE-Mixed's, with the
     pairs (2n, 2n + 1) instead of (n, n + d/2)."""
 
-    relative = False  # A_x and A_y do not commute
+    relative = False  # with two axes or more, A_x and A_y do not commute (one axis alone is relative)
+    supported_axes = None  # one generator per axis
 
     def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
         super().__init__(head_dim, num_heads, block_size)
-        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)
-        frequencies = torch.stack([theta_x, theta_y]).view(2, num_heads, self.num_blocks, block_size // 2)
-        # (axis, heads, blocks, b (b - 1) / 2): the free entries of A_x and A_y.
+        frequencies = mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)
+        frequencies = frequencies.reshape(axes, num_heads, self.num_blocks, block_size // 2)
+        # (axis, heads, blocks, b (b - 1) / 2): the free entries of each axis's generator.
         self.skew_entries = nn.Parameter(spectral_skew_entries(frequencies, generator))
 
     def generators(self) -> torch.Tensor:
-        """A_x and A_y, (2, heads, blocks, b, b)."""
+        """One generator per axis, (axes, heads, blocks, b, b)."""
         return skew_symmetric(self.skew_entries, self.block_size)
 
     def block_rotations(self, coords: torch.Tensor) -> torch.Tensor:
-        x, y = coords[:, :, None, None, None, None].unbind(1)
-        generator_x, generator_y = self.generators()
-        return matrix_exponential(x * generator_x + y * generator_y)
+        positions = coords[:, :, None, None, None, None]
+        generators = self.generators()
+        exponent = positions[:, 0] * generators[0]
+        for axis in range(1, generators.shape[0]):
+            exponent = exponent + positions[:, axis] * generators[axis]
+        return matrix_exponential(exponent)

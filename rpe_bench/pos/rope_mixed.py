@@ -1,37 +1,40 @@
 """RoPE-Mixed (Heo et al. 2024): learnable frequencies per head, each pair rotating along its own direction
 in the (x, y) plane."""
-import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
 
 from rpe_bench.pos import register
-from rpe_bench.pos.rotary import RotaryEncoding, axial_frequencies
+from rpe_bench.pos.rotary import RotaryEncoding, axial_sections, axis_names, random_frames, section_frequencies
 
 
-def mixed_frequencies(head_dim: int, num_heads: int, base: float,
-                      generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The RoPE-ViT init, (heads, d/2) each: axial magnitudes m_t; per head one random direction a (drawn from
-    `generator`), the first d/4 pairs along (cos a, sin a) and the next d/4 along the perpendicular a + pi/2."""
-    magnitudes = axial_frequencies(head_dim, base)
-    directions = torch.rand(num_heads, 1, generator=generator) * 2 * math.pi
-    directions = torch.cat([directions.expand(-1, magnitudes.numel()),
-                            (directions + math.pi / 2).expand(-1, magnitudes.numel())], dim=1)
-    magnitudes = magnitudes.repeat(2)
-    return magnitudes * directions.cos(), magnitudes * directions.sin()
+def mixed_frequencies(head_dim: int, num_heads: int, base: float, generator: Optional[torch.Generator] = None,
+                      axes: int = 2) -> torch.Tensor:
+    """The RoPE-ViT init, (axes, heads, d/2): the pairs split into one section per axis (axial_sections), each
+    section with axial magnitudes m_t, pointing along one direction of a random frame per head (random_frames,
+    drawn from `generator`). With two axes: the first d/4 pairs along (cos a, sin a), the next d/4 along the
+    perpendicular a + pi/2."""
+    sections = axial_sections(head_dim, axes)
+    magnitudes = torch.cat([section_frequencies(pairs, base) for pairs in sections])
+    section_of_pair = torch.repeat_interleave(torch.arange(axes), torch.tensor(sections))
+    directions = random_frames(num_heads, axes, generator)[:, section_of_pair, :]  # (heads, d/2, axes)
+    return torch.stack([magnitudes * directions[..., axis] for axis in range(axes)])
 
 
 @register("rope_mixed")
 class RopeMixed(RotaryEncoding):
-    """rope_base defaults to 10, as rope-vit builds its mixed models (its axial models use 100)."""
+    """One learnable frequency vector per axis (theta_x, theta_y; theta_index for the flat index; theta_t, ...
+    over (t, x, y)). Its YAML's rope_base is 10, as rope-vit builds its mixed models (its axial ones use 100)."""
+
+    supported_axes = None
 
     def __init__(self, head_dim: int, num_heads: int, rope_base: float,
-                 generator: Optional[torch.Generator] = None):
-        super().__init__(head_dim, num_heads)
-        theta_x, theta_y = mixed_frequencies(head_dim, num_heads, rope_base, generator)
-        self.theta_x = nn.Parameter(theta_x)
-        self.theta_y = nn.Parameter(theta_y)
+                 generator: Optional[torch.Generator] = None, axes: int = 2):
+        super().__init__(head_dim, num_heads, check_head_dim=False)
+        self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
+        for name, theta in zip(self.axis_names, mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)):
+            self.register_parameter(f"theta_{name}", nn.Parameter(theta.clone()))
 
     def frequencies(self) -> torch.Tensor:
-        return torch.stack([self.theta_x, self.theta_y])
+        return torch.stack([getattr(self, f"theta_{name}") for name in self.axis_names])

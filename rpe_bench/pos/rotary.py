@@ -6,6 +6,7 @@ gives each axis a contiguous section of the pairs (axial_sections): for two axes
 second half for y. The interleaved layout (2n, 2n + 1) is the same family up to a fixed channel permutation,
 but mixing the two silently breaks equivalence with pretrained or reference code, so only this one exists.
 """
+import math
 from typing import Tuple
 
 import torch
@@ -32,14 +33,38 @@ def axial_frequencies(head_dim: int, base: float) -> torch.Tensor:
     return section_frequencies(head_dim // 4, base)
 
 
+def even_split(count: int, parts: int) -> list[int]:
+    """`count` split into `parts` as evenly as it goes, the first parts taking one more where it does not
+    divide (mRoPE's sections), e.g. 16 over 3 -> 6, 5, 5."""
+    return [count // parts + (part < count % parts) for part in range(parts)]
+
+
 def axial_sections(head_dim: int, axes: int) -> list[int]:
-    """How many rotation pairs each axis gets: the head_dim / 2 pairs split as evenly as they go, the first axes
-    taking one more where they do not divide (mRoPE's sections), e.g. 16 pairs over (t, x, y) -> 6, 5, 5."""
+    """How many rotation pairs each axis gets: the head_dim / 2 pairs split evenly (even_split)."""
     pairs = head_dim // 2
     if head_dim % 2 or pairs < axes:
         raise ValueError(f"head_dim={head_dim} is not allowed for axial RoPE over {axes} axes: it must be even "
                          f"with at least one pair of channels per axis (head_dim >= {2 * axes})")
-    return [pairs // axes + (axis < pairs % axes) for axis in range(axes)]
+    return even_split(pairs, axes)
+
+
+def axis_names(axes: int) -> tuple[str, ...]:
+    """Names of the position's axes, for parameters that belong to one axis (theta_x, c_y, ...)."""
+    return {1: ("index",), 2: ("x", "y"), 3: ("t", "x", "y")}.get(axes) or tuple(f"axis{axis}" for axis in range(axes))
+
+
+def random_frames(num_heads: int, axes: int, generator=None) -> torch.Tensor:
+    """(heads, axes, axes): per head an orthonormal frame of the position space, row i the direction of the
+    i-th section of frequencies (RoPE-Mixed's init). With two axes, RoPE-ViT's: one uniform angle a per head,
+    rows at a and a + pi/2; otherwise a Haar rotation drawn by QR (Mezzadri 2007)."""
+    if axes == 2:
+        angle = torch.rand(num_heads, 1, generator=generator) * 2 * math.pi
+        angles = torch.cat([angle, angle + math.pi / 2], dim=1)
+        return torch.stack([angles.cos(), angles.sin()], dim=-1)
+    gaussian = torch.randn(num_heads, axes, axes, generator=generator)
+    basis, triangle = torch.linalg.qr(gaussian)
+    basis = basis * torch.diagonal(triangle, dim1=-2, dim2=-1).sign().unsqueeze(-2)
+    return basis.transpose(-1, -2)
 
 
 def rotary_angles(coords: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
