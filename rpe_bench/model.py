@@ -136,11 +136,16 @@ class VisionTransformer(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def absolute_positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
-        """The APE table on this grid: bicubic interpolation over the 2D grid (as timm) when it differs from
-        the training grid, so the model can be evaluated at other resolutions."""
+        """The APE table on this grid, interpolated over the positions' axes when it differs from the training
+        grid, so the model can be evaluated at other resolutions: bicubic over the 2D grid (as timm), or linear
+        over the flat patch index under `flat`."""
         table = self.absolute_table
         if (grid_height, grid_width) == (self.grid_size, self.grid_size):
             return table
+        if self.coordinates is Coordinates.flat:
+            line = F.interpolate(table.transpose(1, 2), size=grid_height * grid_width, mode="linear",
+                                 align_corners=False)
+            return line.transpose(1, 2)
         grid = table.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
         return grid.flatten(2).transpose(1, 2)

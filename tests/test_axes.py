@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rpe_bench import pos
-from rpe_bench.config import ConfigError, validate
+from rpe_bench.config import ConfigError, Coordinates, validate
 from rpe_bench.coordinates import flat_coordinates
+from rpe_bench.model import VisionTransformer, VitShape
 from rpe_bench.pos.rotary import axial_frequencies, axial_sections, random_frames, rotary_angles
 from tests.golden_runs import GOLDEN_FILE, METRICS, encodings, tiny_run
 from tests.helpers import TINY_RUN, compose_config, read_results, run_training
@@ -65,6 +66,18 @@ def test_flat_coordinates_are_the_row_major_patch_index_with_cls_at_zero():
     assert torch.equal(coords[:, 0], torch.tensor([0.0, *range(12)]))
 
 
+def test_ape_over_the_flat_index_is_its_table_interpolated_along_the_index():
+    torch.manual_seed(0)
+    shape = VitShape(image_size=8, patch_size=2, channels=1, num_classes=3, emb_dim=16, depth=1, num_heads=2)
+    vit = VisionTransformer(shape, "ape", absolute_table=True, coordinates=Coordinates.flat)
+    assert vit.absolute_positions(4, 4) is vit.absolute_table
+    grown = vit.absolute_positions(8, 8)
+    assert grown.shape == (1, 64, 16)
+    # Linear over the index, half-pixel centres: at 4x the entries, the table's first entry leads unchanged.
+    torch.testing.assert_close(grown[0, 0], vit.absolute_table[0, 0])
+    assert vit(torch.randn(2, 1, 16, 16)).shape == (2, 3)
+
+
 def test_a_flat_run_trains_and_records_its_coordinates(monkeypatch, tmp_path):
     run_training(monkeypatch, f"hydra.run.dir={tmp_path}", "pos=cayley_dense", "pos.coordinates=flat")
     results = read_results(tmp_path)
@@ -72,10 +85,6 @@ def test_a_flat_run_trains_and_records_its_coordinates(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["pos=ape", "pos.coordinates=flat"],
-     "pos=ape with emb_dim 32 and 2 heads: position encoding 'ape' takes positions with 2 axes, not 1; "
-     "encodings that take 1: cayley_dense, cayley_sparse, circulant, comrope_ap, comrope_ld, liere, none, "
-     "reflection, rope, rope_mixed"),
     (["pos=rope", "pos.coordinates=flat", "pos.coordinate_augmentation.shift=0.1"],
      "pos.coordinate_augmentation.shift needs (x, y) coordinates, and pos.coordinates=flat has 1 axis: allowed "
      "with pos.coordinates=grid or normalized")])

@@ -11,4 +11,6 @@ class NoRelativeEncoding(PositionEncoding):
 
 @register("ape")
 class AbsoluteTableOnly(NoRelativeEncoding):
-    supported_axes = (2,)  # the model's table is a 2D grid, interpolated over both axes
+    # The model's table follows the patches, over the 2D grid or the flat index (VisionTransformer
+    # .absolute_positions); a table over (t, x, y) is still to come.
+    supported_axes = (1, 2)
