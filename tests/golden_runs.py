@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from rpe_bench import provenance
 from rpe_bench import train as train_module
 from tests.helpers import CONF_DIR, TINY_RUN, read_results
@@ -23,7 +25,7 @@ def encodings() -> list[str]:
 def tiny_run(name: str, folder: Path) -> dict:
     """Trains `name` in this process; its per-epoch metrics."""
     arguments = [*TINY_RUN, *OVERRIDES, f"pos={name}", f"hydra.run.dir={folder}", "logger.mode=disabled"]
-    if name == "cayley_sparse":
+    if "f" in (OmegaConf.load(CONF_DIR / "pos" / f"{name}.yaml").get("options") or {}):  # reads sparsity.f
         arguments.append("sparsity=f0.5")
     saved_argv = sys.argv
     sys.argv = ["rpe_bench.train", *arguments]
