@@ -9,7 +9,8 @@ from rpe_bench.numerics import autocast_off
 
 
 class PositionEncoding(nn.Module):
-    """Encodes q and k, shaped (batch, heads, tokens, head_dim), from token coordinates (tokens, 2) = (x, y).
+    """Encodes q and k, shaped (batch, heads, tokens, head_dim), from token coordinates (tokens, axes): (x, y),
+    the flat patch index, or (t, x, y).
 
     STRING variants have an orthogonal basis P per head, applied before the rotation. The attention folds P
     into its q/k projection (`projection_basis`), so per token only `rotate` runs, at RoPE's cost; `forward`

@@ -1,9 +1,10 @@
 """ComRoPE (Yu et al. 2025): R(r) = blockdiag_j exp(s_j(r) B_j), one learnable skew-symmetric B_j per block (per
-head and layer) scaled by a position s_j(r) = c_xj x + c_yj y. Each axis's generator is blockdiag_j(c_ij B_j),
-and any two of them commute block by block, so R(r_q)^T R(r_k) = R(r_k - r_q): exactly translation invariant.
+head and layer) scaled by a position s_j(r) = sum_i c_ij r_i (c_xj x + c_yj y over (x, y)). Each axis's
+generator is blockdiag_j(c_ij B_j), and any two of them commute block by block, so R(r_q)^T R(r_k) =
+R(r_k - r_q): exactly translation invariant.
 
-- comrope_ap (axis partition): block j serves axis j mod 2 alone: c_ij = 1 if i = j mod 2, else 0.
-- comrope_ld (linear dependence): every block serves both axes, with learnable c_ij.
+- comrope_ap (axis partition): block j serves axis j mod D alone: c_ij = 1 if i = j mod D, else 0.
+- comrope_ld (linear dependence): every block serves every axis, with learnable c_ij.
 
 Commuting would also allow exp(s_j B_j) = exp(c_xj x B_j) exp(c_yj y B_j), exponentials per distinct coordinate
 value (16 on the CIFAR grid instead of 65 tokens), but gathering them back per token costs more in the backward

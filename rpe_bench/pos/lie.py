@@ -123,7 +123,7 @@ class BlockLieEncoding(PositionEncoding):
         self.num_blocks = head_dim // block_size
 
     def block_rotations(self, coords: torch.Tensor) -> torch.Tensor:
-        """R(r) as (tokens, heads, blocks, b, b) from coords (tokens, 2) in the parameters' dtype."""
+        """R(r) as (tokens, heads, blocks, b, b) from coords (tokens, axes) in the parameters' dtype."""
         raise NotImplementedError
 
     def rotations(self, coords: torch.Tensor) -> torch.Tensor:
