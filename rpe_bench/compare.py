@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from rpe_bench import cost, provenance, report_plots, report_tables, report_wandb
+from rpe_bench.config import CONF_DIR
 from rpe_bench.report_rows import Comparison, VariantRow
 from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, read_result
 from rpe_bench.statistics import (Difference, holm_adjusted, mean_and_std, mean_interval, paired_difference,
@@ -29,7 +30,6 @@ log = logging.getLogger("rpe_bench")
 
 REFERENCE_POS = "rope"
 TABLE_NAME, REPORT_NAME = "comparison", "report.html"
-DATASET_CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
 
 class ResultsNotFoundError(FileNotFoundError):
@@ -55,7 +55,7 @@ def collect_results(dirs) -> list[RunResult]:
 def configured_display_name(dataset: str) -> str:
     """The dataset YAML's display_name: files written before training recorded it name only the loader
     (the published CIFAR-10 runs say image_folder)."""
-    path = DATASET_CONF_DIR / f"{dataset}.yaml"
+    path = CONF_DIR / "dataset" / f"{dataset}.yaml"
     return OmegaConf.load(path).get("display_name", dataset) if path.is_file() else dataset
 
 

@@ -175,13 +175,13 @@ def train_epoch(training: Training, cfg, epoch: int, run, output_dir: Path) -> E
     correct, seen = torch.zeros((), device=device, dtype=torch.long), torch.zeros((), device=device, dtype=torch.long)
     # Warm-up only where steady steps remain to be timed.
     warmup_steps = WARMUP_STEPS if not training.warmed_up and steps_per_epoch > WARMUP_STEPS else 0
-    warmup_seconds, warmup_images, images_seen, data_timer = 0.0, 0, 0, DataTimer(device)
+    warmup_seconds, seen_in_warmup, data_timer = 0.0, torch.zeros_like(seen), DataTimer(device)
     epoch_start = time.perf_counter()
     batch_iterator = iter(training.train_batches)
     for index in range(steps_per_epoch):
         if index == warmup_steps and warmup_steps:
             synchronize(device)  # once per process, after its warm-up
-            warmup_seconds, warmup_images = time.perf_counter() - epoch_start, images_seen
+            warmup_seconds, seen_in_warmup = time.perf_counter() - epoch_start, seen.clone()
             data_timer, epoch_start = DataTimer(device), time.perf_counter()
         data_timer.start()
         images, labels = next(batch_iterator)
@@ -191,7 +191,6 @@ def train_epoch(training: Training, cfg, epoch: int, run, output_dir: Path) -> E
         loss_sum += loss * labels.numel()
         correct += step_correct
         seen += labels.numel()
-        images_seen += labels.numel()
         progress.update()
         if step % cfg.logger.log_every_steps == 0:
             step_loss = finite_mean_loss(processes, loss, f"epoch {epoch}, step {step}", output_dir)
@@ -205,14 +204,14 @@ def train_epoch(training: Training, cfg, epoch: int, run, output_dir: Path) -> E
     training.warmed_up = True
     progress.close()
     steady_steps = steps_per_epoch - warmup_steps
-    loss_sum, correct, seen = (value.item() for value in
-                               distributed.sum_over_processes(processes, loss_sum, correct, seen))
+    loss_sum, correct, seen, seen_in_warmup = (
+        value.item() for value in distributed.sum_over_processes(processes, loss_sum, correct, seen, seen_in_warmup))
     if not math.isfinite(loss_sum / seen):
         raise TrainingDiverged.at(loss_sum / seen, f"epoch {epoch}", output_dir)
     val_loss, val_acc, _ = evaluate(training.model, training.test_batches, training.autocast)
     return EpochRecord(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, val_loss=val_loss,
                        val_acc=val_acc, epoch_seconds=epoch_seconds,
-                       images_per_second=(images_seen - warmup_images) / epoch_seconds,
+                       images_per_second=(seen - seen_in_warmup) / epoch_seconds,
                        data_seconds=data_timer.seconds(), step_ms=1000 * epoch_seconds / steady_steps,
                        warmup_seconds=warmup_seconds, warmup_steps=warmup_steps)
 

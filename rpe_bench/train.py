@@ -20,7 +20,7 @@ from rpe_bench import distributed, folder_guard, run_folder
 from rpe_bench import provenance as run_provenance
 from rpe_bench.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
-from rpe_bench.config import ConfigError, register_configs, validate
+from rpe_bench.config import CONF_DIR, ConfigError, register_configs, validate
 from rpe_bench.data import DatasetError, image_folder_files, load_splits
 from rpe_bench.failures import record_failure
 from rpe_bench.launching import loader_choice
@@ -33,7 +33,6 @@ from rpe_bench.run_folder import RunFolderInUse, RunFolderRefused, check_same_ru
 from rpe_bench.tracking import log_epoch, log_result, wandb_run
 
 log = logging.getLogger("rpe_bench")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def seed_everything(seed: int) -> None:
@@ -140,7 +139,7 @@ def fit(cfg, training: Training, resumed: Resumed, run, output_dir: Path,
 
 
 def measure_trained(cfg, training: Training, test_data, history: list[EpochRecord], provenance: dict,
-            trained_by: list[dict]) -> RunResult:
+                    trained_by: list[dict]) -> RunResult:
     """After training, on the main process alone: inference time of the folded model (compiled when the run
     trained compiled), resolution extrapolation, the run record."""
     timing_images, _ = next(iter(training.test_batches))

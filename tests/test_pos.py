@@ -345,14 +345,13 @@ def test_reflection_needs_at_least_one_vector(k):
 @pytest.mark.parametrize("head_dim", [7, 6])
 @pytest.mark.parametrize("name", ROTARY_VARIANTS)
 def test_rotary_variants_refuse_head_dims_their_pairs_cannot_split(name, head_dim):
-    """Axial RoPE and its STRING variants split the pairs among the axes unevenly where they must (6 channels:
-    2 pairs for x, 1 for y); the two-axis encodings that start from RoPE-Mixed need a multiple of 4."""
+    """The pairs are split among the axes unevenly where they must (6 channels: 2 pairs for x, 1 for y); an odd
+    head dim has a channel without a pair."""
     options = REQUIRED_OPTIONS.get(name, {})
-    if pos.encoding_type(name).supported_axes is None and head_dim % 2 == 0:
+    if head_dim % 2 == 0:
         assert pos.build(name, head_dim=head_dim, num_heads=HEADS, **options).sections == [2, 1]
         return
-    expected = "must be even" if pos.encoding_type(name).supported_axes is None else "multiple of 4"
-    with pytest.raises(ValueError, match=f"head_dim={head_dim} .* {expected}"):
+    with pytest.raises(ValueError, match=f"head_dim={head_dim} .* must be even"):
         pos.build(name, head_dim=head_dim, num_heads=HEADS, **options)
 
 

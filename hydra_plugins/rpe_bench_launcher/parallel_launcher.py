@@ -59,12 +59,10 @@ class ParallelLauncher(JoblibLauncher):
     def __init__(self, jobs_per_gpu: int = 1, **joblib_settings):
         super().__init__(**joblib_settings)
         self.jobs_per_gpu = jobs_per_gpu
-        self.job_configs = []
 
     def launch(self, job_overrides, initial_job_idx):
         job_configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                        for overrides in job_overrides]
-        self.job_configs = job_configs
         refusal = parallel_jobs_refusal(self.joblib["n_jobs"], job_configs, self.jobs_per_gpu)
         if refusal:
             print(f"error: {refusal}", file=sys.stderr)
@@ -72,9 +70,9 @@ class ParallelLauncher(JoblibLauncher):
         # Set before the workers start, as they inherit the environment: W&B's own lines would break the bar.
         os.environ["WANDB_SILENT"] = "true"
         os.environ["PYTHONUNBUFFERED"] = "1"
-        return self.run_with_progress(job_overrides, initial_job_idx)
+        return self.run_with_progress(job_overrides, initial_job_idx, jobs_use_gpus(job_configs))
 
-    def run_with_progress(self, job_overrides, initial_job_idx) -> list[JobReturn]:
+    def run_with_progress(self, job_overrides, initial_job_idx, on_gpus: bool) -> list[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -88,12 +86,11 @@ class ParallelLauncher(JoblibLauncher):
             log.info("\t#%d : %s", initial_job_idx + index, " ".join(filter_overrides(overrides)))
         singleton_state = Singleton.get_state()
         free_gpus = None
-        if jobs_use_gpus(self.job_configs):
-            free_gpus = multiprocessing.Manager().Queue()
-            for gpu in gpu_slots(self.jobs_per_gpu):
+        if on_gpus:
+            free_gpus, slots = multiprocessing.Manager().Queue(), gpu_slots(self.jobs_per_gpu)
+            for gpu in slots:
                 free_gpus.put(gpu)
-            log.info("GPU slots: %s (hydra.launcher.jobs_per_gpu=%d)", gpu_slots(self.jobs_per_gpu),
-                     self.jobs_per_gpu)
+            log.info("GPU slots: %s (hydra.launcher.jobs_per_gpu=%d)", slots, self.jobs_per_gpu)
         jobs = Parallel(**joblib_cfg, return_as="generator_unordered")(
             delayed(indexed_job)(initial_job_idx + index, free_gpus, [*overrides, FILE_LOG_ONLY], self.hydra_context,
                                  self.config, self.task_function, singleton_state)

@@ -59,8 +59,8 @@ class CirculantString(RotaryEncoding):
 
     def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
-        super().__init__(head_dim, num_heads, check_head_dim=False)  # axial_sections checks it
         self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
+        super().__init__(head_dim, num_heads)
         rotating = head_dim // 2 - 1
         for name, theta in zip(self.axis_names, mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)):
             self.register_parameter(f"c_{name}", nn.Parameter(circulant_from_frequencies(theta[:, :rotating],

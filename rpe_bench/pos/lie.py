@@ -13,6 +13,7 @@ import torch
 
 from rpe_bench.numerics import autocast_off
 from rpe_bench.pos.base import PositionEncoding
+from rpe_bench.pos.rotary import haar_rotations
 
 
 def check_block_size(head_dim: int, block_size: int) -> None:
@@ -44,12 +45,8 @@ def spectral_skew_entries(frequencies: torch.Tensor, generator: Optional[torch.G
     canonical = frequencies.new_zeros(*frequencies.shape[:-1], size, size, dtype=torch.float64)
     canonical[..., pairs + 1, pairs] = frequencies.double()
     canonical[..., pairs, pairs + 1] = -frequencies.double()
-    gaussian = torch.randn(*frequencies.shape[:-1], size, size, generator=generator, dtype=torch.float64)
-    basis, triangle = torch.linalg.qr(gaussian)
-    # Signs of R's diagonal make Q Haar on O(b) (Mezzadri 2007); flipping one column when det = -1 moves it to
-    # SO(b), so that at b = 2 Q commutes with J.
-    basis = basis * torch.diagonal(triangle, dim1=-2, dim2=-1).sign().unsqueeze(-2)
-    basis[..., 0] *= torch.linalg.det(basis).sign().unsqueeze(-1)
+    # On SO(b), so that at b = 2 Q commutes with J.
+    basis = haar_rotations(tuple(frequencies.shape[:-1]), size, generator, dtype=torch.float64)
     rows, cols = torch.triu_indices(size, size, offset=1)
     return (basis @ canonical @ basis.transpose(-1, -2))[..., rows, cols].to(frequencies.dtype)
 
@@ -60,9 +57,9 @@ _TAYLOR_DEGREE = {torch.float32: 16, torch.float64: 24}
 _SCALED_NORM = 2.0
 # Squarings are a fixed count, each applied where a matrix needs it: a count read from the norms would make the
 # host wait for the device once per layer and forward pass, and split a compiled graph. 12 covers 1-norms up to
-# 2 * 2^12 = 8192 radians, far beyond any trained encoding's (a few to a few hundred on the grids here); a larger
-# exponent comes out NaN, as in jax.scipy.linalg.expm, which stops training with its non-finite-loss error
-# instead of returning a rotation that is not one.
+# 2 * 2^12 = 8192, thousands of radians per patch step; a larger exponent comes out NaN, as in
+# jax.scipy.linalg.expm, which stops training with its non-finite-loss error instead of returning a rotation that
+# is not one.
 MAX_SQUARINGS = 12
 
 

@@ -13,7 +13,7 @@ class AxialRope(RotaryEncoding):
 
     def __init__(self, head_dim: int, num_heads: int, rope_base: float, axes: int = 2):
         self.sections = axial_sections(head_dim, axes)
-        super().__init__(head_dim, num_heads, check_head_dim=False)
+        super().__init__(head_dim, num_heads)
         theta = torch.zeros(axes, 1, head_dim // 2)
         start = 0
         for axis, pairs in enumerate(self.sections):

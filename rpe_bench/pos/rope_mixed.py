@@ -31,8 +31,8 @@ class RopeMixed(RotaryEncoding):
 
     def __init__(self, head_dim: int, num_heads: int, rope_base: float,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
-        super().__init__(head_dim, num_heads, check_head_dim=False)
         self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
+        super().__init__(head_dim, num_heads)
         for name, theta in zip(self.axis_names, mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)):
             self.register_parameter(f"theta_{name}", nn.Parameter(theta.clone()))
 

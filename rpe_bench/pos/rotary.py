@@ -14,12 +14,6 @@ import torch
 from rpe_bench.pos.base import PositionEncoding
 
 
-def check_rotary_head_dim(head_dim: int) -> None:
-    if head_dim < 4 or head_dim % 4:
-        raise ValueError(f"head_dim={head_dim} is not allowed for a rotary position encoding: it must be a "
-                         f"positive multiple of 4 (pairs of channels, half of the pairs for x and half for y)")
-
-
 def section_frequencies(pairs: int, base: float) -> torch.Tensor:
     """theta_t = base^(-t / pairs), t < pairs: one axis's frequencies over its section of the pairs."""
     if base <= 0:
@@ -33,19 +27,14 @@ def axial_frequencies(head_dim: int, base: float) -> torch.Tensor:
     return section_frequencies(head_dim // 4, base)
 
 
-def even_split(count: int, parts: int) -> list[int]:
-    """`count` split into `parts` as evenly as it goes, the first parts taking one more where it does not
-    divide (mRoPE's sections), e.g. 16 over 3 -> 6, 5, 5."""
-    return [count // parts + (part < count % parts) for part in range(parts)]
-
-
 def axial_sections(head_dim: int, axes: int) -> list[int]:
-    """How many rotation pairs each axis gets: the head_dim / 2 pairs split evenly (even_split)."""
+    """How many rotation pairs each axis gets: the head_dim / 2 pairs split as evenly as they go, the first axes
+    taking one more where they do not divide (mRoPE's sections), e.g. 16 pairs over (t, x, y) -> 6, 5, 5."""
     pairs = head_dim // 2
     if head_dim % 2 or pairs < axes:
         raise ValueError(f"head_dim={head_dim} is not allowed for axial RoPE over {axes} axes: it must be even "
                          f"with at least one pair of channels per axis (head_dim >= {2 * axes})")
-    return even_split(pairs, axes)
+    return [pairs // axes + (axis < pairs % axes) for axis in range(axes)]
 
 
 def axis_names(axes: int) -> tuple[str, ...]:
@@ -53,18 +42,25 @@ def axis_names(axes: int) -> tuple[str, ...]:
     return {1: ("index",), 2: ("x", "y"), 3: ("t", "x", "y")}.get(axes) or tuple(f"axis{axis}" for axis in range(axes))
 
 
+def haar_rotations(batch: tuple[int, ...], size: int, generator=None, dtype=torch.float32) -> torch.Tensor:
+    """(*batch, size, size) rotations, Haar on SO(size): QR of a Gaussian with the signs of R's diagonal moved
+    into Q (Haar on O(size), Mezzadri 2007), then one column flipped where det = -1."""
+    gaussian = torch.randn(*batch, size, size, generator=generator, dtype=dtype)
+    basis, triangle = torch.linalg.qr(gaussian)
+    basis = basis * torch.diagonal(triangle, dim1=-2, dim2=-1).sign().unsqueeze(-2)
+    basis[..., 0] *= torch.linalg.det(basis).sign().unsqueeze(-1)
+    return basis
+
+
 def random_frames(num_heads: int, axes: int, generator=None) -> torch.Tensor:
     """(heads, axes, axes): per head an orthonormal frame of the position space, row i the direction of the
     i-th section of frequencies (RoPE-Mixed's init). With two axes, RoPE-ViT's: one uniform angle a per head,
-    rows at a and a + pi/2; otherwise a Haar rotation drawn by QR (Mezzadri 2007)."""
+    rows at a and a + pi/2; otherwise a Haar rotation."""
     if axes == 2:
         angle = torch.rand(num_heads, 1, generator=generator) * 2 * math.pi
         angles = torch.cat([angle, angle + math.pi / 2], dim=1)
         return torch.stack([angles.cos(), angles.sin()], dim=-1)
-    gaussian = torch.randn(num_heads, axes, axes, generator=generator)
-    basis, triangle = torch.linalg.qr(gaussian)
-    basis = basis * torch.diagonal(triangle, dim1=-2, dim2=-1).sign().unsqueeze(-2)
-    return basis.transpose(-1, -2)
+    return haar_rotations((num_heads,), axes, generator).transpose(-1, -2)
 
 
 def rotary_angles(coords: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -94,12 +90,7 @@ def apply_rotation(q: torch.Tensor, k: torch.Tensor, angles: torch.Tensor) -> Tu
 
 class RotaryEncoding(PositionEncoding):
     """A rotation with angles linear in the position: frequencies() -> (axes, heads or 1, d/2), one frequency
-    vector per axis."""
-
-    def __init__(self, head_dim: int, num_heads: int, check_head_dim: bool = True):
-        if check_head_dim:
-            check_rotary_head_dim(head_dim)
-        super().__init__(head_dim, num_heads)
+    vector per axis. Subclasses check their head dim with axial_sections."""
 
     def frequencies(self) -> torch.Tensor:
         raise NotImplementedError
