@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from rpe_bench import cost, provenance, report_plots, report_tables, report_wandb
 from rpe_bench.config import CONF_DIR
-from rpe_bench.report_rows import Comparison, VariantRow
-from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, read_result
+from rpe_bench.report_rows import Comparison, CoordinatesRow, VariantRow
+from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, extrapolation_order, read_result
 from rpe_bench.statistics import (Difference, holm_adjusted, mean_and_std, mean_interval, paired_difference,
                                   verdict, welch_difference, width_ratio)
 
@@ -127,7 +127,7 @@ def report_unreadable(results: list[RunResult]) -> None:
 
 def extrapolation_sizes(results: list[RunResult]) -> list[str]:
     sizes = {size for result in results if result.is_completed for size in result.extrapolation}
-    return sorted(sizes, key=int)
+    return sorted(sizes, key=extrapolation_order)
 
 
 def jobs_logger(results: list[RunResult]) -> Optional[dict]:
@@ -288,7 +288,38 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             **accuracy_and_cost(runs), **cost_fields(costs.get(key)),
             **difference_fields(difference, unpaired, adjusted.get(key), words),
             extrapolation=extrapolation_statistics(runs, sizes)))
-    return Comparison(rows, sizes, show_coordinates)
+    return Comparison(rows, sizes, show_coordinates, coordinate_differences(groups))
+
+
+REFERENCE_COORDINATES = ("flat", "grid", "normalized")  # the first present is the reference
+
+
+def coordinate_differences(groups: dict[VariantKey, list[RunResult]]) -> list[CoordinatesRow]:
+    """Each variant under other coordinates against the same variant (dataset, encoding, f, options) under the
+    reference coordinates: what 2D positions buy over the notebook's flat index, on paired seeds."""
+    by_variant = defaultdict(dict)
+    for key, runs in groups.items():
+        by_variant[key._replace(coordinates="")][key.coordinates] = runs
+    pairs = []
+    for key, arms in by_variant.items():
+        reference = next((name for name in REFERENCE_COORDINATES if name in arms), None)
+        for coordinates, runs in arms.items():
+            if coordinates != reference:
+                pairs.append((key, coordinates, reference, differences_from_reference(runs, arms[reference])[0]))
+    tested = [index for index, pair in enumerate(pairs) if pair[3] is not None]
+    adjusted = dict(zip(tested, holm_adjusted([pairs[index][3].p_value for index in tested])))
+    rows = []
+    for index, (key, coordinates, reference, difference) in enumerate(pairs):
+        interval = difference and difference.interval
+        rows.append(CoordinatesRow(
+            dataset_display_name=key.dataset_display_name, label=variant_label(key, False, bool(key.options)),
+            coordinates=coordinates, versus=reference, test=difference and difference.test,
+            final_val_acc_diff_per_seed=(difference and difference.per_seed) or None,
+            final_val_acc_diff=difference and difference.mean,
+            final_val_acc_diff_ci95_low=interval and interval[0], final_val_acc_diff_ci95_high=interval and interval[1],
+            p_value=difference and difference.p_value, p_value_holm=adjusted.get(index),
+            verdict=verdict(difference, adjusted.get(index), f"{reference} coordinates")))
+    return rows
 
 
 def summarize(results: list[RunResult]) -> list[VariantRow]:

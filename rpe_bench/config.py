@@ -66,6 +66,17 @@ class AugmentConfig:
 
 
 @dataclass
+class MovingDigitsConfig:
+    """dataset=moving_mnist's clips (rpe_bench.video): how many, the digit's size and least horizontal travel in
+    pixels, and the seed of the generator that draws them (fixed, so every run sees the same clips)."""
+    train_clips: int = 12000
+    test_clips: int = 4000
+    digit_size: int = 12
+    min_travel: int = 6
+    generator_seed: int = 0
+
+
+@dataclass
 class DatasetConfig:
     name: str = MISSING  # the loader (rpe_bench.data); image_folder reads any folder of images
     # What the data is, for reports and plots ("CIFAR-10 (JPEG copy)"); the loader's name unless set.
@@ -84,6 +95,12 @@ class DatasetConfig:
     workers: Optional[int] = None
     # Evaluate the trained model at these larger input sizes (images resized, patch grid grown).
     extrapolation_sizes: List[int] = field(default_factory=list)
+    # Clips: frames per clip (null: images), frames per tubelet (the patch's depth in time), and the longer
+    # clips of the same scenes (more frames sampled over the same span) a trained model is evaluated on.
+    frames: Optional[int] = None
+    tubelet_frames: int = 1
+    extrapolation_frames: List[int] = field(default_factory=list)
+    moving: MovingDigitsConfig = field(default_factory=MovingDigitsConfig)
 
 
 @dataclass
@@ -140,7 +157,7 @@ class TrainerConfig:
     tf32: bool = False
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
-    # Resolution extrapolation on the first N test batches only (the same images for every run); null: as val.
+    # Extrapolation (sizes and clip lengths) on the first N test batches only (the same images for every run); null: as val.
     limit_extrapolation_batches: Optional[int] = None
     inference_timing_batches: int = 10
     resume: bool = True
@@ -194,9 +211,12 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("rpe_bench.threads_per_job", launching.threads_per_job, replace=True)
 
 
-def position_axes(coordinates) -> int:
-    """How many axes a token's position has under `pos.coordinates`."""
-    return 1 if Coordinates(coordinates) is Coordinates.flat else 2
+def position_axes(coordinates, frames: Optional[int] = None) -> int:
+    """How many axes a token's position has under `pos.coordinates`: 1 (flat), 2 (x, y) or, for clips of
+    `frames` frames, 3 (t, x, y)."""
+    if Coordinates(coordinates) is Coordinates.flat:
+        return 1
+    return 2 if frames is None else 3
 
 
 def validate(cfg) -> None:
@@ -215,7 +235,7 @@ def validate(cfg) -> None:
         refuse(f"model.emb_dim={model.emb_dim} is not divisible by model.num_heads={model.num_heads}")
     try:  # each encoding checks its own options (head dim, f, k): building one is cheap
         pos.build(cfg.pos.name, head_dim=model.emb_dim // model.num_heads, num_heads=model.num_heads,
-                  axes=position_axes(cfg.pos.coordinates), **cfg.pos.options)
+                  axes=position_axes(cfg.pos.coordinates, dataset.frames), **cfg.pos.options)
     except ValueError as error:
         refuse(f"pos={cfg.pos.name} with emb_dim {model.emb_dim} and {model.num_heads} heads: {error}")
     if model.depth < 1:
@@ -236,19 +256,47 @@ def validate(cfg) -> None:
             refuse(f"trainer.{key}={value} must be >= 1 or null")
     augmentation = cfg.pos.coordinate_augmentation
     augmented = [name for name, value in augmentation.items() if value is not None]
-    if augmented and position_axes(cfg.pos.coordinates) != 2:
+    axes = position_axes(cfg.pos.coordinates, dataset.frames)
+    if augmented and axes != 2:
         refuse(f"pos.coordinate_augmentation.{augmented[0]} needs (x, y) coordinates, and "
-               f"pos.coordinates={Coordinates(cfg.pos.coordinates).value} has {position_axes(cfg.pos.coordinates)} "
-               f"axis: allowed with pos.coordinates=grid or normalized")
+               f"pos.coordinates={Coordinates(cfg.pos.coordinates).value} on dataset={dataset.name} gives {axes} "
+               f"{'axis' if axes == 1 else 'axes'}: allowed on images with pos.coordinates=grid or normalized")
     try:  # the augmentation checks its own ranges
         CoordinateAugmentation(augmentation.shift, augmentation.jitter, augmentation.rescale, torch.Generator())
     except ValueError as error:
         refuse(str(error))
-    if Loader(dataset.loader) == Loader.stream and dataset.name != "image_folder":
-        refuse(f"dataset.loader=stream reads image folders only, and dataset={dataset.name} is loaded in memory: "
-               f"allowed here are auto, memory")
+    if Loader(dataset.loader) == Loader.stream and dataset.name not in launching.STREAMED_DATASETS:
+        refuse(f"dataset.loader=stream reads {' and '.join(launching.STREAMED_DATASETS)} only, and "
+               f"dataset={dataset.name} is loaded in memory: allowed here are auto, memory")
     if dataset.workers is not None and dataset.workers < 0:
         refuse(f"dataset.workers={dataset.workers} must be >= 0 or null")
+    validate_clips(dataset, refuse)
     for size in dataset.extrapolation_sizes:
         if size % model.patch_size:
             refuse(f"dataset.extrapolation_sizes holds {size}, not a multiple of patch size {model.patch_size}")
+
+
+def validate_clips(dataset, refuse) -> None:
+    """Frames, tubelets and the clip generator's numbers."""
+    if dataset.frames is None:
+        if dataset.extrapolation_frames:
+            refuse(f"dataset.extrapolation_frames={list(dataset.extrapolation_frames)} needs clips, and "
+                   f"dataset={dataset.name} holds images (dataset.frames=null)")
+        return
+    if dataset.frames < 1 or dataset.tubelet_frames < 1 or dataset.frames % dataset.tubelet_frames:
+        refuse(f"dataset.tubelet_frames={dataset.tubelet_frames} does not divide dataset.frames={dataset.frames}: "
+               f"allowed {[t for t in range(1, max(dataset.frames, 0) + 1) if dataset.frames % t == 0]}")
+    for frames in dataset.extrapolation_frames:
+        if frames % dataset.tubelet_frames:
+            refuse(f"dataset.extrapolation_frames holds {frames}, not a multiple of dataset.tubelet_frames="
+                   f"{dataset.tubelet_frames}")
+    moving = dataset.moving
+    if dataset.name == "moving_mnist":
+        travel_room = dataset.image_size - moving.digit_size
+        if not 1 <= moving.digit_size <= dataset.image_size or not 1 <= moving.min_travel <= travel_room:
+            refuse(f"dataset.moving.digit_size={moving.digit_size} and min_travel={moving.min_travel} do not fit "
+                   f"image_size {dataset.image_size}: allowed 1 <= digit_size and 1 <= min_travel <= "
+                   f"image_size - digit_size")
+        for split in ("train_clips", "test_clips"):
+            if moving[split] < 1:
+                refuse(f"dataset.moving.{split}={moving[split]} must be >= 1")

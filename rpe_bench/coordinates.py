@@ -5,10 +5,29 @@ Units are the training grid's patch spacing under both conventions, so at the tr
 identical coordinates (and identical models), and the frequencies every encoding starts from keep their meaning.
 """
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+
+def axis_positions(size: int, training_size: Optional[int], device=None) -> torch.Tensor:
+    """One axis's positions (see patch_coordinates): indices, or their place in the training span."""
+    index = torch.arange(size, device=device, dtype=torch.float32)
+    return index if training_size is None else (index + 0.5) * (training_size / size) - 0.5
+
+
+def grid_coordinates(grid: Sequence[int], training_grid: Optional[Sequence[int]] = None,
+                     device=None) -> torch.Tensor:
+    """(1 + prod(grid), D) positions of a token grid (height, width) or (frames, height, width), the CLS token
+    first at the origin, then the tokens in row-major order; columns (x, y) for images and (t, x, y) for clips.
+    `training_grid`: the grid of the same rank the model trained on, under `normalized` (see patch_coordinates)."""
+    training_grid = training_grid or (None,) * len(grid)
+    axes = torch.meshgrid(*(axis_positions(size, trained, device) for size, trained in zip(grid, training_grid)),
+                          indexing="ij")
+    *leading, ys, xs = (axis.flatten() for axis in axes)
+    tokens = torch.stack([*leading, xs, ys], dim=1)
+    return torch.cat([tokens.new_zeros(1, len(grid)), tokens])
 
 
 def patch_coordinates(grid_height: int, grid_width: int, training_grid: Optional[int] = None,
@@ -19,21 +38,17 @@ def patch_coordinates(grid_height: int, grid_width: int, training_grid: Optional
     Without `training_grid` ("grid"): integer patch indices, so a larger image places patches beyond the trained
     range (extrapolation). With it ("normalized"): each patch centre's place in the image, measured in patches of
     the training grid G, the first training patch at 0: x = (i + 1/2) G / W - 1/2 on a grid W wide. At W = G this
-    is i exactly; a larger image gets spacing G / W inside the trained span [-1/2, G - 1/2] (interpolation)."""
-
-    def axis(size: int) -> torch.Tensor:
-        index = torch.arange(size, device=device, dtype=torch.float32)
-        return index if training_grid is None else (index + 0.5) * (training_grid / size) - 0.5
-
-    ys, xs = torch.meshgrid(axis(grid_height), axis(grid_width), indexing="ij")
-    patches = torch.stack([xs.flatten(), ys.flatten()], dim=1)
-    return torch.cat([patches.new_zeros(1, 2), patches])
+    is i exactly; a larger image gets spacing G / W inside the trained span [-1/2, G - 1/2] (interpolation).
+    Clips (grid_coordinates) add time as a first axis with the same two conventions, in tubelets."""
+    training = None if training_grid is None else (training_grid, training_grid)
+    return grid_coordinates((grid_height, grid_width), training, device)
 
 
-def flat_coordinates(grid_height: int, grid_width: int, device=None) -> torch.Tensor:
-    """(1 + H*W, 1) float positions with one axis ("flat"): CLS at 0, then each patch's row-major index, as the
-    reference notebook encoded them. A larger image's patches continue the index past the trained range."""
-    index = torch.arange(grid_height * grid_width, device=device, dtype=torch.float32)
+def flat_coordinates(*grid: int, device=None) -> torch.Tensor:
+    """(1 + tokens, 1) float positions with one axis ("flat"): CLS at 0, then each token's row-major index over
+    the grid (height, width) or (frames, height, width), as the reference notebook encoded patches. A larger
+    grid's tokens continue the index past the trained range."""
+    index = torch.arange(math.prod(grid), device=device, dtype=torch.float32)
     return torch.cat([index.new_zeros(1), index])[:, None]
 
 

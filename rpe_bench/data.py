@@ -54,7 +54,7 @@ class DatasetNotFoundError(DatasetError):
 
 @dataclass
 class ImageTensors:
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor  # uint8 (N, C, H, W), or clips (N, C, T, H, W) (rpe_bench.video)
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
@@ -68,8 +68,11 @@ class Augment:
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) uint8 or float -> (B, C, size, size), bilinear with antialiasing (it matters when shrinking)."""
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    """(B, C, H, W) uint8 or float -> (B, C, size, size), bilinear with antialiasing (it matters when shrinking);
+    clips (B, C, T, H, W) frame by frame."""
+    frames = images.flatten(1, -3)
+    resized = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.view(*images.shape[:-2], size, size)
 
 
 def conform(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
@@ -155,6 +158,7 @@ class ImageFiles(torch.utils.data.Dataset):
     samples: list  # (path, label), in the folder's sorted order: the in-memory split's order
     image_size: int
     channels: int
+    pixel_axes = 2
 
     def __post_init__(self) -> None:
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
@@ -232,9 +236,12 @@ def load_splits(name: str, root: str, download: bool, image_size: int,
 
 
 def crop_and_flip(images: torch.Tensor, padding: int, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Per image: zero-pad, crop the original size at offsets (B, 2) (row, column), mirror where flips (B,).
+    """Per image: zero-pad, crop the original size at offsets (B, 2) (row, column), mirror where flips (B,); a
+    clip's frames all alike.
 
     One gather for the whole batch: the flip reverses the column indices of the crop window."""
+    if images.ndim == 5:
+        return crop_and_flip(images.flatten(1, 2), padding, offsets, flips).view(images.shape)
     batch, channels, height, width = images.shape
     padded = F.pad(images, (padding,) * 4)
     rows = offsets[:, 0, None] + torch.arange(height, device=images.device)
@@ -257,22 +264,23 @@ class BatchIterator:
                  shard: tuple[int, int] = (0, 1)):
         self.device = torch.device(device)
         self.labels = data.labels.to(self.device, non_blocking=True)
-        channels = self.hold(data)
+        channels, pixel_axes = self.hold(data)
         if len(mean) not in (1, channels) or len(std) not in (1, channels):
             raise ValueError(f"mean {list(mean)} and std {list(std)} need 1 or {channels} values")
-        # (x / 255 - mean) / std as one multiply-add.
-        std = torch.tensor(std, dtype=torch.float32, device=self.device).view(-1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add, over (H, W) or a clip's (T, H, W).
+        per_channel = (-1,) + (1,) * pixel_axes
+        std = torch.tensor(std, dtype=torch.float32, device=self.device).view(per_channel)
         self.scale = 1 / (255 * std)
-        self.shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(-1, 1, 1) / std
+        self.shift = torch.tensor(mean, dtype=torch.float32, device=self.device).view(per_channel) / std
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
         self.augment = augment if augment and (augment.random_crop_padding or augment.horizontal_flip) else None
         self.drop_last, self.limit_batches, self.output_size = drop_last, limit_batches, output_size
         self.rank, self.world_size = shard
 
-    def hold(self, data: ImageTensors) -> int:
-        """Keeps the images on the device; returns their channels."""
+    def hold(self, data: ImageTensors) -> tuple[int, int]:
+        """Keeps the images on the device; returns their channels and pixel axes (2, or 3 for clips)."""
         self.images = data.images.to(self.device, non_blocking=True)
-        return self.images.shape[1]
+        return self.images.shape[1], self.images.ndim - 2
 
     def fetch(self, indices: list[torch.Tensor]):
         """The uint8 images of each batch's indices, on the device, batch by batch."""
@@ -321,9 +329,9 @@ class StreamingBatchIterator(BatchIterator):
         self.workers, self.prefetch_batches = workers, prefetch_batches
         super().__init__(data, *args, **kwargs)
 
-    def hold(self, data: ImageFiles) -> int:
-        self.files = data
-        return data.channels
+    def hold(self, data) -> tuple[int, int]:
+        self.files = data  # ImageFiles, or rpe_bench.video.ClipFiles
+        return data.channels, data.pixel_axes
 
     def fetch(self, indices: list[torch.Tensor]):
         loader = torch.utils.data.DataLoader(

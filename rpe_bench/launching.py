@@ -17,6 +17,8 @@ from hydra.types import RunMode
 # estimate bounds what a job really used).
 JOB_BASELINE_BYTES = 1000 * 2**20
 # Images in train + test; image_folder is counted on disk.
+# Folders that can stay on disk and be decoded batch by batch (dataset.loader=stream).
+STREAMED_DATASETS = ("image_folder", "video_folder")
 DATASET_IMAGES = {"digits": 1797, "mnist": 70_000, "fashion_mnist": 70_000, "cifar10": 60_000, "cifar100": 60_000}
 # float32 values a training step keeps per token, channel and block for the backward pass (q, k, v, attention
 # output, two norms, the MLP's hidden and activated tensors, residuals), rounded up.
@@ -70,14 +72,27 @@ def threads_per_job() -> int | None:
 
 
 def dataset_images(dataset) -> int:
+    """How many images, or clips, both splits hold."""
+    if dataset.name == "moving_mnist":
+        return dataset.moving.train_clips + dataset.moving.test_clips
+    if dataset.name == "video_folder":  # split/<class>/<clip>/
+        root = os.path.expanduser(dataset.root)
+        return sum(len(os.listdir(os.path.join(root, split, label))) for split in ("train", "test")
+                   if os.path.isdir(os.path.join(root, split)) for label in os.listdir(os.path.join(root, split))
+                   if os.path.isdir(os.path.join(root, split, label)))
     if dataset.name != "image_folder":
         return DATASET_IMAGES[dataset.name]
     return sum(len(files) for split in ("train", "test")
                for _, _, files in os.walk(os.path.join(os.path.expanduser(dataset.root), split)))
 
 
+def clip_frames(dataset) -> int:
+    """Frames per sample: 1 for images."""
+    return dataset.get("frames") or 1
+
+
 def decoded_bytes(dataset) -> int:
-    return dataset_images(dataset) * dataset.channels * dataset.image_size ** 2
+    return dataset_images(dataset) * clip_frames(dataset) * dataset.channels * dataset.image_size ** 2
 
 
 def available_memory_bytes() -> int:
@@ -93,7 +108,7 @@ def loader_choice(dataset) -> tuple[str, str]:
     requested = str(getattr(dataset.loader, "value", dataset.loader))
     if requested != "auto":
         return requested, f"dataset.loader={requested}"
-    if dataset.name != "image_folder":
+    if dataset.name not in STREAMED_DATASETS:
         return "memory", f"dataset={dataset.name} is small enough to hold in memory"
     size, budget = decoded_bytes(dataset), available_memory_bytes()
     kind, relation = ("memory", "at most") if size <= budget / 4 else ("stream", "more than")
@@ -105,7 +120,8 @@ def model_bytes(cfg) -> int:
     """Weights, gradients, AdamW's moments and the activations a training step keeps, float32."""
     dataset, model, trainer = cfg.dataset, cfg.model, cfg.trainer
     parameters = model.depth * (4 + 2 * model.mlp_ratio) * model.emb_dim ** 2
-    tokens = 1 + (dataset.image_size // max(1, model.patch_size)) ** 2
+    tubelets = clip_frames(dataset) // max(1, dataset.get("tubelet_frames") or 1)
+    tokens = 1 + tubelets * (dataset.image_size // max(1, model.patch_size)) ** 2
     activations = 4 * trainer.batch_size * model.depth * (
         SAVED_VALUES_PER_TOKEN_CHANNEL * tokens * model.emb_dim + 2 * model.num_heads * tokens ** 2)
     return int(BYTES_PER_PARAMETER * parameters + activations)

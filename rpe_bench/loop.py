@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from rpe_bench import distributed
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from rpe_bench.data import Augment, BatchIterator, ImageFiles, StreamingBatchIterator
+from rpe_bench.data import Augment, BatchIterator, ImageTensors, StreamingBatchIterator
 from rpe_bench.launching import usable_cores
 from rpe_bench.results import EpochRecord
 
@@ -42,7 +42,7 @@ def batches_for(cfg, data, device, split: str, image_size: int | None = None,
                    mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
                    augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if train else None,
                    limit_batches=limit_batches, output_size=image_size, shard=shard)
-    if isinstance(data, ImageFiles):
+    if not isinstance(data, ImageTensors):  # files left on disk: images or clips
         return StreamingBatchIterator(data, workers=streaming_workers(cfg), **options)
     return BatchIterator(data, **options)
 

@@ -9,8 +9,10 @@ from typing import Dict
 
 import torch
 
+from rpe_bench.launching import loader_choice
 from rpe_bench.loop import batches_for, evaluate
-from rpe_bench.results import ExtrapolationRecord
+from rpe_bench.results import ExtrapolationRecord, frames_key
+from rpe_bench.splits import load_dataset
 
 
 @torch.inference_mode()
@@ -35,13 +37,21 @@ def inference_ms_per_batch(model, images, repeats: int, autocast, device, compil
 
 
 def extrapolation(cfg, model, test_data, autocast, device) -> Dict[str, ExtrapolationRecord]:
-    """Test accuracy at each of the dataset's larger image sizes (images resized, patch grid grown)."""
+    """Test accuracy at each of the dataset's larger image sizes (frames resized, patch grid grown), keyed by
+    the size ("48"), and for clips at each longer clip length (more frames over the same span, more tubelets),
+    keyed "t<frames>" ("t8")."""
     records = {}
-    for size in cfg.dataset.extrapolation_sizes:
-        batches = batches_for(cfg, test_data, device, split="test", image_size=size,
+
+    def record(key: str, data, image_size=None) -> None:
+        batches = batches_for(cfg, data, device, split="test", image_size=image_size,
                               limit_batches=cfg.trainer.limit_extrapolation_batches)
         loss, accuracy, images = evaluate(model, batches, autocast)
-        records[str(size)] = ExtrapolationRecord(val_loss=loss, val_acc=accuracy, images=images)
+        records[key] = ExtrapolationRecord(val_loss=loss, val_acc=accuracy, images=images)
+
+    for size in cfg.dataset.extrapolation_sizes:
+        record(str(size), test_data, size)
+    for frames in cfg.dataset.get("extrapolation_frames") or []:
+        record(frames_key(frames), load_dataset(cfg.dataset, loader_choice(cfg.dataset)[0], frames)[1])
     return records
 
 

@@ -1,4 +1,5 @@
 """A small pre-norm Vision Transformer whose attention hands q and k to a position-encoding module."""
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from rpe_bench import pos as position_encodings
 from rpe_bench.config import Coordinates, position_axes
-from rpe_bench.coordinates import CoordinateAugmentation, flat_coordinates, patch_coordinates
+from rpe_bench.coordinates import CoordinateAugmentation, flat_coordinates, grid_coordinates
 from rpe_bench.numerics import autocast_off
 from rpe_bench.pos.base import PositionEncoding
 
@@ -25,6 +26,14 @@ class VitShape:
     num_heads: int
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    frames: Optional[int] = None  # clips (B, C, frames, H, W); None: images (B, C, H, W)
+    tubelet_frames: int = 1  # a clip's patches are tubelet_frames x patch_size x patch_size
+
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        """The patch grid at training size: (height, width), or (tubelets, height, width) for clips."""
+        side = self.image_size // self.patch_size
+        return (side, side) if self.frames is None else (self.frames // self.tubelet_frames, side, side)
 
 
 ABSOLUTE_TABLE_LAYER = -1  # the APE table feeds the first block: its draws get a stream of their own
@@ -113,14 +122,19 @@ class VisionTransformer(nn.Module):
         self.coordinates = Coordinates(coordinates)
         self.coordinate_augmentation = coordinate_augmentation
         head_dim = shape.emb_dim // shape.num_heads
-        self.patch_embedding = nn.Conv2d(shape.channels, shape.emb_dim, shape.patch_size, shape.patch_size)
+        if shape.frames is None:
+            self.patch_embedding = nn.Conv2d(shape.channels, shape.emb_dim, shape.patch_size, shape.patch_size)
+        else:
+            tubelet = (shape.tubelet_frames, shape.patch_size, shape.patch_size)
+            self.patch_embedding = nn.Conv3d(shape.channels, shape.emb_dim, tubelet, tubelet)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, shape.emb_dim))
-        self.absolute_table = (nn.Parameter(torch.zeros(1, self.grid_size ** 2, shape.emb_dim))
+        self.absolute_table = (nn.Parameter(torch.zeros(1, math.prod(shape.token_grid), shape.emb_dim))
                                if absolute_table else None)
         self.blocks = nn.ModuleList(
             Block(shape, position_encodings.build(encoding, head_dim=head_dim, num_heads=shape.num_heads,
                                                   generator=encoding_generator(seed, layer),
-                                                  axes=position_axes(self.coordinates), **(encoding_options or {})))
+                                                  axes=position_axes(self.coordinates, shape.frames),
+                                                  **(encoding_options or {})))
             for layer in range(shape.depth))
         self.norm = nn.LayerNorm(shape.emb_dim)
         self.head = nn.Linear(shape.emb_dim, shape.num_classes)
@@ -135,20 +149,21 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def absolute_positions(self, grid_height: int, grid_width: int) -> torch.Tensor:
-        """The APE table on this grid, interpolated over the positions' axes when it differs from the training
-        grid, so the model can be evaluated at other resolutions: bicubic over the 2D grid (as timm), or linear
-        over the flat patch index under `flat`."""
-        table = self.absolute_table
-        if (grid_height, grid_width) == (self.grid_size, self.grid_size):
+    def absolute_positions(self, *grid: int) -> torch.Tensor:
+        """The APE table on this token grid, (height, width) or (tubelets, height, width), interpolated over the
+        positions' axes where it differs from the training grid, so the model can be evaluated at other
+        resolutions and clip lengths: bicubic over an image's 2D grid (as timm), trilinear over a clip's 3D
+        grid, or linear over the flat token index under `flat`."""
+        table, training_grid = self.absolute_table, self.shape.token_grid
+        if tuple(grid) == training_grid:
             return table
         if self.coordinates is Coordinates.flat:
-            line = F.interpolate(table.transpose(1, 2), size=grid_height * grid_width, mode="linear",
-                                 align_corners=False)
+            line = F.interpolate(table.transpose(1, 2), size=math.prod(grid), mode="linear", align_corners=False)
             return line.transpose(1, 2)
-        grid = table.reshape(1, self.grid_size, self.grid_size, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
-        return grid.flatten(2).transpose(1, 2)
+        mode = "bicubic" if len(grid) == 2 else "trilinear"
+        spread = table.reshape(1, *training_grid, -1).movedim(-1, 1)
+        spread = F.interpolate(spread, size=tuple(grid), mode=mode, align_corners=False)
+        return spread.flatten(2).transpose(1, 2)
 
     def draw_coordinate_augmentation(self, device) -> Optional[torch.Tensor]:
         """The next training step's coordinate augmentation on `device`, or None (none configured, or eval
@@ -158,14 +173,15 @@ class VisionTransformer(nn.Module):
             return None
         return self.coordinate_augmentation.draw(device)
 
-    def token_coordinates(self, grid_height: int, grid_width: int, device,
+    def token_coordinates(self, *grid: int, device=None,
                           coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """CLS and patch positions for the encodings under `pos.coordinates` (rpe_bench.coordinates), relative to
-        the training grid; augmented in training mode only, by `coordinate_draw` or else a draw made here."""
+        """CLS and token positions for the encodings under `pos.coordinates` (rpe_bench.coordinates) on the token
+        grid (height, width) or (tubelets, height, width), relative to the training grid; augmented in training
+        mode only, by `coordinate_draw` or else a draw made here."""
         if self.coordinates is Coordinates.flat:
-            return flat_coordinates(grid_height, grid_width, device=device)
-        training_grid = self.grid_size if self.coordinates is Coordinates.normalized else None
-        coords = patch_coordinates(grid_height, grid_width, training_grid, device=device)
+            return flat_coordinates(*grid, device=device)
+        training_grid = self.shape.token_grid if self.coordinates is Coordinates.normalized else None
+        coords = grid_coordinates(grid, training_grid, device=device)
         if self.training and self.coordinate_augmentation is not None:
             if coordinate_draw is None:
                 coordinate_draw = self.coordinate_augmentation.draw(coords.device)
@@ -174,12 +190,12 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, images: torch.Tensor, coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
         patches = self.patch_embedding(images)
-        grid_height, grid_width = patches.shape[-2:]
+        grid = tuple(patches.shape[2:])
         x = patches.flatten(2).transpose(1, 2)
         if self.absolute_table is not None:
-            x = x + self.absolute_positions(grid_height, grid_width)
+            x = x + self.absolute_positions(*grid)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        coords = self.token_coordinates(grid_height, grid_width, images.device, coordinate_draw)
+        coords = self.token_coordinates(*grid, device=images.device, coordinate_draw=coordinate_draw)
         for block in self.blocks:
             x = block(x, coords)
         return self.norm(x[:, 0])
@@ -228,7 +244,8 @@ def build_model(cfg) -> VisionTransformer:
     shape = VitShape(image_size=cfg.dataset.image_size, patch_size=cfg.model.patch_size,
                      channels=cfg.dataset.channels, num_classes=cfg.dataset.num_classes,
                      emb_dim=cfg.model.emb_dim, depth=cfg.model.depth, num_heads=cfg.model.num_heads,
-                     mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout)
+                     mlp_ratio=cfg.model.mlp_ratio, dropout=cfg.model.dropout, frames=cfg.dataset.frames,
+                     tubelet_frames=cfg.dataset.tubelet_frames)
     augmentation = cfg.pos.coordinate_augmentation
     coordinate_augmentation = (
         CoordinateAugmentation(augmentation.shift, augmentation.jitter, augmentation.rescale,

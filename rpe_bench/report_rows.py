@@ -74,12 +74,31 @@ class VariantRow:
 
 
 @dataclass(frozen=True)
+class CoordinatesRow:
+    """One encoding under other coordinates against itself under the reference coordinates (`flat`, the
+    reference notebook's, where present): the same runs' seeds, so paired; differences are this minus that."""
+    dataset_display_name: str
+    label: str  # the encoding with its f and options
+    coordinates: str
+    versus: str
+    test: Optional[str]
+    final_val_acc_diff_per_seed: Optional[Dict[int, float]]
+    final_val_acc_diff: Optional[float]
+    final_val_acc_diff_ci95_low: Optional[float]
+    final_val_acc_diff_ci95_high: Optional[float]
+    p_value: Optional[float]
+    p_value_holm: Optional[float]  # over the comparisons between coordinates in the report, a family of its own
+    verdict: str
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Every variant's row, in report order, and what the report shows about them as a whole."""
     rows: List[VariantRow]
     extrapolation_sizes: List[str]
     # Decided once for every table and label: the coordinates are named only where the rows differ in them.
     shows_coordinates: bool
+    coordinate_rows: List[CoordinatesRow] = field(default_factory=list)
 
     @property
     def datasets(self) -> List[str]:

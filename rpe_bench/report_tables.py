@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from rpe_bench.report_rows import Comparison, VariantRow
-from rpe_bench.results import RunResult
+from rpe_bench.results import RunResult, extrapolation_label
 from rpe_bench.statistics import EQUIVALENCE_MARGIN, SIGNIFICANCE_LEVEL
 
 EMPTY_CELL = "-"
@@ -103,9 +103,21 @@ def difference_table(comparison: Comparison) -> tuple[list[str], list[list[str]]
 
 def extrapolation_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     with_coordinates, sizes = comparison.shows_coordinates, comparison.extrapolation_sizes
-    headers = variant_headers(with_coordinates) + [f"{size}px" for size in sizes]
+    headers = variant_headers(with_coordinates) + [extrapolation_label(size) for size in sizes]
     cells = [variant_cells(row, with_coordinates) + [plus_minus(*row.extrapolation[size], scale=100) for size in sizes]
              for row in comparison.rows]
+    return headers, cells
+
+
+def coordinates_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    headers = ["dataset", "pos", "coordinates", "versus", "test", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "p",
+               "p (Holm)", "verdict"]
+    cells = [[row.dataset_display_name, row.label, row.coordinates, row.versus, row.test or EMPTY_CELL,
+              per_seed(row.final_val_acc_diff_per_seed), signed_points(row.final_val_acc_diff),
+              interval(row.final_val_acc_diff_ci95_low, row.final_val_acc_diff_ci95_high, row.test is not None,
+                       signed=True),
+              number(row.p_value, digits=3), number(row.p_value_holm, digits=3), row.verdict]
+             for row in comparison.coordinate_rows]
     return headers, cells
 
 
@@ -145,10 +157,16 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          f"inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "
          f"{SIGNIFICANCE_LEVEL} finds with 80% probability, given these runs' spread.",
          difference_table(comparison)),
-        ("Resolution extrapolation",
-         "Val acc % (mean ± std over seeds) at each evaluated image size." if sizes
-         else "No run evaluated other image sizes.",
+        ("Extrapolation",
+         "Val acc % (mean ± std over seeds) at each evaluated image size (frames resized, patch grid grown) and "
+         "clip length (more frames over the same span)." if sizes
+         else "No run evaluated other image sizes or clip lengths.",
          extrapolation_table(comparison) if sizes else ([], [])),
+        *([("Coordinates",
+            "Each encoding against itself under other coordinates (the reference notebook's flat patch index "
+            "where present): Δ = final val acc under the row's coordinates minus under `versus`, in points, "
+            "paired over the seeds both ran; p (Holm) over these comparisons alone, a family apart from the "
+            "comparisons with RoPE.", coordinates_table(comparison))] if comparison.coordinate_rows else []),
         ("Failed runs", "Excluded from every statistic above." if failures else "None.", failure_table(failures)),
     ]
 

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from rpe_bench import pos
+from rpe_bench.config import position_axes
 from rpe_bench.files import atomic_write
+from rpe_bench.pos.rotary import axis_names
 
 SCHEMA_VERSION = 3
 RESULTS_FILE = "results.json"
@@ -39,9 +42,24 @@ class RunConfigRecord:
     seed: int
     coordinates: str = "grid"
     dataset_display_name: Optional[str] = None
+    # Clips: frames per clip and per tubelet (None for images and for records made before clips existed).
+    frames: Optional[int] = None
+    tubelet_frames: Optional[int] = None
+    # The positions' axes, ["x", "y"], ["t", "x", "y"] or ["index"], and for the axial encodings how many
+    # rotation pairs each axis gets (rpe_bench.pos.rotary.axial_sections); None in records made before.
+    position_axes: Optional[List[str]] = None
+    rotation_pairs_per_axis: Optional[List[int]] = None
 
     @classmethod
     def from_cfg(cls, cfg) -> "RunConfigRecord":
+        axes = position_axes(cfg.pos.coordinates, cfg.dataset.get("frames"))
+        try:
+            encoding = pos.build(cfg.pos.name, head_dim=cfg.model.emb_dim // cfg.model.num_heads,
+                                 num_heads=cfg.model.num_heads, axes=axes, **cfg.pos.options)
+        except (ValueError, ZeroDivisionError):  # a refused config's failure record still gets written
+            encoding = None
+        sections = getattr(encoding, "sections", None)
+        frames = cfg.dataset.get("frames")
         return cls(
             dataset=cfg.dataset.name, pos_variant=cfg.pos.name, img_size=cfg.dataset.image_size,
             patch_size=cfg.model.patch_size, in_chans=cfg.dataset.channels, num_classes=cfg.dataset.num_classes,
@@ -49,7 +67,9 @@ class RunConfigRecord:
             batch_size=cfg.trainer.batch_size, epochs=cfg.trainer.epochs, lr=cfg.trainer.lr,
             weight_decay=cfg.trainer.weight_decay, f_sparse=cfg.sparsity.f if "f" in cfg.pos.options else None,
             seed=cfg.seed, coordinates=str(_enum_value(cfg.pos.get("coordinates", "grid"))),
-            dataset_display_name=cfg.dataset.get("display_name"))
+            dataset_display_name=cfg.dataset.get("display_name"), frames=frames,
+            tubelet_frames=cfg.dataset.get("tubelet_frames") if frames is not None else None,
+            position_axes=list(axis_names(axes)), rotation_pairs_per_axis=None if sections is None else list(sections))
 
 
 @dataclass
@@ -68,6 +88,23 @@ class EpochRecord:
     step_ms: float
     warmup_seconds: Optional[float] = None
     warmup_steps: Optional[int] = None
+
+
+FRAMES_PREFIX = "t"
+
+
+def frames_key(frames: int) -> str:
+    """The `extrapolation` key of a longer clip ("t8"); an image size's key is the size alone ("48")."""
+    return f"{FRAMES_PREFIX}{frames}"
+
+
+def extrapolation_order(key: str) -> tuple[bool, int]:
+    """Sizes first, then clip lengths, each ascending."""
+    return key.startswith(FRAMES_PREFIX), int(key.removeprefix(FRAMES_PREFIX))
+
+
+def extrapolation_label(key: str) -> str:
+    return f"{key.removeprefix(FRAMES_PREFIX)} frames" if key.startswith(FRAMES_PREFIX) else f"{key}px"
 
 
 @dataclass

@@ -21,7 +21,7 @@ from rpe_bench import provenance as run_provenance
 from rpe_bench.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
 from rpe_bench.config import CONF_DIR, ConfigError, register_configs, validate
-from rpe_bench.data import DatasetError, image_folder_files, load_splits
+from rpe_bench.data import DatasetError
 from rpe_bench.failures import record_failure
 from rpe_bench.launching import loader_choice
 from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
@@ -30,6 +30,7 @@ from rpe_bench.model import build_model, count_parameters, parameter_groups
 from rpe_bench.numerics import autocast_for, set_tf32
 from rpe_bench.results import EpochRecord, RunConfigRecord, RunResult, write_result
 from rpe_bench.run_folder import RunFolderInUse, RunFolderRefused, check_same_run, run_identity
+from rpe_bench.splits import load_dataset
 from rpe_bench.tracking import log_epoch, log_result, wandb_run
 
 log = logging.getLogger("rpe_bench")
@@ -67,12 +68,8 @@ def set_up(cfg, processes: distributed.Processes, device: torch.device):
     """Data, model, optimizer and schedule: (Training, the test split for extrapolation)."""
     loader, why = loader_choice(cfg.dataset)
     log.info("%s loader: %s", loader, why)
-    if loader == "stream":
-        train_data, test_data = image_folder_files(cfg.dataset.root, cfg.dataset.image_size, cfg.dataset.channels)
-    else:
-        with distributed.main_process_first(processes):  # one process downloads, the others then read its files
-            train_data, test_data = load_splits(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download,
-                                                cfg.dataset.image_size, cfg.dataset.channels)
+    with distributed.main_process_first(processes):  # one process downloads, the others then read its files
+        train_data, test_data = load_dataset(cfg.dataset, loader)
     train_batches = batches_for(cfg, train_data, device, split="train",
                                 shard=(processes.rank, processes.world_size))
     model = build_model(cfg).to(device)

@@ -8,6 +8,7 @@ under bf16 autocast too (ratios to fp32 RoPE and to RoPE in bf16).
     python scripts/bench_pos.py --output docs/bench_pos            # writes .json and .md
     python scripts/bench_pos.py --device cuda --output /tmp/bench_gpu
     python scripts/bench_pos.py --rounds 1 --steps 1 --no-timm --output /tmp/bench_smoke   # runs, times nothing
+    python scripts/bench_pos.py --shapes video --output docs/bench_pos_video   # the clip shape alone
 """
 import argparse
 import json
@@ -20,11 +21,16 @@ from rpe_bench import pos, provenance
 from rpe_bench.cost import Contender, interleaved_medians, perturb_position_parameters, warm_up
 from rpe_bench.model import VisionTransformer, VitShape
 
+# --shapes name -> (the results' label, the shape).
 SHAPES = {
-    "mnist (28x28, patch 7, emb 128)": VitShape(image_size=28, patch_size=7, channels=1, num_classes=10,
-                                                emb_dim=128, depth=4, num_heads=4),
-    "cifar (32x32, patch 4, emb 192)": VitShape(image_size=32, patch_size=4, channels=3, num_classes=10,
-                                                emb_dim=192, depth=4, num_heads=4),
+    "mnist": ("mnist (28x28, patch 7, emb 128)", VitShape(image_size=28, patch_size=7, channels=1, num_classes=10,
+                                                          emb_dim=128, depth=4, num_heads=4)),
+    "cifar": ("cifar (32x32, patch 4, emb 192)", VitShape(image_size=32, patch_size=4, channels=3, num_classes=10,
+                                                          emb_dim=192, depth=4, num_heads=4)),
+    # conf/dataset/moving_mnist.yaml's clips: positions (t, x, y), one-frame tubelets.
+    "video": ("video (4 frames of 20x20, tubelet 1x4x4, emb 128)",
+              VitShape(image_size=20, patch_size=4, channels=1, num_classes=20, emb_dim=128, depth=4, num_heads=4,
+                       frames=4, tubelet_frames=1)),
 }
 CONF_POS = Path(__file__).resolve().parents[1] / "conf" / "pos"
 SPARSE_FRACTIONS = (0.5, 0.1)
@@ -60,7 +66,8 @@ def timm_eva_rope(shape: VitShape) -> torch.nn.Module:
 def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, with_timm: bool,
                     device: torch.device) -> dict:
     torch.manual_seed(0)
-    images = torch.randn(batch_size, shape.channels, shape.image_size, shape.image_size, device=device)
+    clip = () if shape.frames is None else (shape.frames,)
+    images = torch.randn(batch_size, shape.channels, *clip, shape.image_size, shape.image_size, device=device)
     labels = torch.randint(0, shape.num_classes, (batch_size,), device=device)
     contenders = {}
     for label, name, options, absolute_table in benchmark_variants():
@@ -71,7 +78,7 @@ def benchmark_shape(shape: VitShape, batch_size: int, rounds: int, steps: int, w
         model = VisionTransformer(shape, name)
         perturb_position_parameters(model)
         contenders[f"{name} bf16"] = Contender(model, images, labels, precision="bf16")
-    if with_timm:
+    if with_timm and shape.frames is None:  # timm's EVA takes images only
         contenders["timm EVA rope"] = Contender(timm_eva_rope(shape), images, labels)
     warm_up(contenders)
     medians = interleaved_medians(contenders, rounds, steps)
@@ -121,12 +128,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-timm", action="store_true", help="skip the timm EVA comparison")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings wait for the GPU to finish)")
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"comma-separated, of {', '.join(SHAPES)} (default: all)")
     args = parser.parse_args()
+    unknown = [name for name in args.shapes.split(",") if name not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape {unknown[0]!r}: allowed {', '.join(SHAPES)}")
+    shapes = dict(SHAPES[name] for name in args.shapes.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = {label: benchmark_shape(shape, args.batch_size, args.rounds, args.steps, not args.no_timm, device)
-               for label, shape in SHAPES.items()}
+               for label, shape in shapes.items()}
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{provenance.cpu_model()} ({torch.get_num_threads()} threads)")
     meta = {"machine": machine, "device": str(device),

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rpe_bench import pos
-from rpe_bench.model import patch_coordinates
+from rpe_bench.coordinates import patch_coordinates
 
 
 def rope_1d_full_width(x: torch.Tensor, index: torch.Tensor, base: float = 10000.0) -> torch.Tensor:

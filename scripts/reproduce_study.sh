@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the reference study on the real data (docs/results.md): MNIST and the JPEG copy of CIFAR-10.
 #   RUNS=/path/for/run/folders DATA=/path/to/shared/data [SEEDS=1,2,3] [VARIANTS=rope,...] \
-#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|all] [Hydra overrides, e.g. hydra.launcher.n_jobs=4]
+#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|video|mnist_flat|all] [Hydra overrides, ...]
 # The jobs run side by side (hydra/launcher=parallel): as many at once as there are cores, one thread each, unless
 # hydra.launcher.n_jobs or trainer.threads say otherwise; a number of jobs that would not fit in memory is refused.
 # Run folders are named <variant>_seed<seed>, so a sweep can be split over sittings (SEEDS, VARIANTS) into the
@@ -11,7 +11,10 @@
 # folders) and its report rebuilt from them. The 1-epoch sweeps are the reference study re-run with paired
 # runs (every encoding starts from the same shared weights at a seed): MNIST every encoding at 5 seeds, CIFAR-10
 # the notebook's variants and the other encodings at 3. Runs published before that design are kept apart in
-# docs/results/mnist and docs/results/cifar10.
+# docs/results/mnist and docs/results/cifar10. `video`: every encoding on moving_mnist clips, positions (t, x, y),
+# 3 seeds. `mnist_flat`: the notebook's MNIST cell under the flat 1D patch index for rope, cayley_dense and
+# reflection at the 5 seeds of the published paired MNIST study, whose grid runs are the 2D arm of the pairs (2D
+# runs are bit for bit what they were: tests/test_axes.py).
 set -euo pipefail
 RUNS=${RUNS:-runs}
 DATA=${DATA:-../shared/data}
@@ -21,8 +24,9 @@ sweep_status=0
 SWEEP=${1:-all}
 shift $(( $# > 0 ? 1 : 0 ))
 case "$SWEEP" in
-  mnist|cifar10|cifar10_long|all) ;;
-  *) echo "reproduce_study.sh: unknown sweep '$SWEEP'; expected one of: mnist, cifar10, cifar10_long, all" >&2
+  mnist|cifar10|cifar10_long|video|mnist_flat|all) ;;
+  *) echo "reproduce_study.sh: unknown sweep '$SWEEP'; expected one of: mnist, cifar10, cifar10_long, video," \
+       "mnist_flat, all" >&2
      exit 2 ;;
 esac
 # Every registered encoding with a conf/pos YAML (the generated variant configs), less the sparsity levels each
@@ -30,6 +34,7 @@ esac
 ALL_MNIST='glob(*,exclude=[cayley_sparse_f0.3])'
 ALL_CIFAR='glob(*,exclude=[cayley_sparse_f0.5,cayley_sparse_f0.2,none])'
 LONG_CIFAR=rope,cayley_dense,reflection
+FLAT_MNIST=rope,cayley_dense,reflection
 NAMED_RUNS='hydra.sweep.subdir=${hydra:runtime.choices.variant}_seed${seed}'
 PARALLEL=hydra/launcher=parallel
 # Extrapolation on the first 16 test batches (2,048 images, the same for every run): a quarter of the full
@@ -43,15 +48,16 @@ cifar_data() {
   fi
 }
 
-publish() {  # publish <sweep name> <folder>: keep every run's results.json and rebuild the report from them
-  local run
-  for result in "$RUNS/$1"/*/results.json; do
-    run=$2/runs/$(basename "$(dirname "$result")")
+publish() {  # publish <sweep name> <folder> [more run folders]: keep every run's results.json, rebuild the report
+  local run sweep=$1 folder=$2
+  shift 2
+  for result in "$RUNS/$sweep"/*/results.json; do
+    run=$folder/runs/$(basename "$(dirname "$result")")
     mkdir -p "$run" && cp "$result" "$run/results.json"
   done
   # The cost the sweep measured at its end (cost.json) goes with the report: a rebuild reads it, measuring nothing.
-  if [ -f "$RUNS/$1/cost.json" ]; then cp "$RUNS/$1/cost.json" "$2/cost.json"; fi
-  python -m rpe_bench.compare "$2/runs" --output "$2"
+  if [ -f "$RUNS/$sweep/cost.json" ]; then cp "$RUNS/$sweep/cost.json" "$folder/cost.json"; fi
+  python -m rpe_bench.compare "$folder/runs" "$@" --output "$folder"
 }
 
 case "$SWEEP" in
@@ -71,7 +77,17 @@ case "$SWEEP" in
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2}" "variant=${VARIANTS:-$LONG_CIFAR}" \
       trainer.epochs=10 trainer.schedule=cosine trainer.warmup_epochs=1 trainer.precision=bf16 \
       "hydra.sweep.dir=$RUNS/cifar10_long" "$@" || sweep_status=$?
-    publish cifar10_long docs/results/cifar10_long ;;
+    publish cifar10_long docs/results/cifar10_long ;;&
+  video|all)
+    RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=moving_mnist_variants "seed=${SEEDS:-1,2,3}" \
+      ${VARIANTS:+"variant=$VARIANTS"} logger.mode=offline "$NAMED_RUNS" "$PARALLEL" "hydra.sweep.dir=$RUNS/video" \
+      "$@" || sweep_status=$?
+    publish video docs/results/paired/video ;;&
+  mnist_flat|all)
+    RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3,4,5}" \
+      "variant=${VARIANTS:-$FLAT_MNIST}" pos.coordinates=flat logger.mode=offline "$NAMED_RUNS" "$PARALLEL" \
+      "hydra.sweep.dir=$RUNS/mnist_flat" "$@" || sweep_status=$?
+    publish mnist_flat docs/results/paired/mnist_flat docs/results/paired/mnist/runs ;;
 esac
 python scripts/notebook_formulation.py --output docs/notebook_formulation.md
 exit $sweep_status

@@ -86,8 +86,11 @@ def test_a_flat_run_trains_and_records_its_coordinates(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["pos=rope", "pos.coordinates=flat", "pos.coordinate_augmentation.shift=0.1"],
-     "pos.coordinate_augmentation.shift needs (x, y) coordinates, and pos.coordinates=flat has 1 axis: allowed "
-     "with pos.coordinates=grid or normalized")])
+     "pos.coordinate_augmentation.shift needs (x, y) coordinates, and pos.coordinates=flat on dataset=digits "
+     "gives 1 axis: allowed on images with pos.coordinates=grid or normalized"),
+    (["dataset=moving_mnist", "pos=rope", "pos.coordinate_augmentation.jitter=1.2"],
+     "pos.coordinate_augmentation.jitter needs (x, y) coordinates, and pos.coordinates=grid on "
+     "dataset=moving_mnist gives 3 axes: allowed on images with pos.coordinates=grid or normalized")])
 def test_flat_coordinates_are_refused_where_they_cannot_apply(overrides, message):
     with pytest.raises(ConfigError) as refused:
         validate(compose_config(*TINY_RUN, *overrides))

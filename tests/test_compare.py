@@ -343,7 +343,7 @@ def test_published_results_are_still_read():
 
 def test_extrapolation_table_has_a_column_per_size_in_numeric_order(report):
     markdown = report.with_name("comparison.md").read_text()
-    section = markdown.split("## Resolution extrapolation")[1]
+    section = markdown.split("## Extrapolation")[1]
     assert "| dataset | pos | f | 8px | 16px |" in section
     assert f"| {MNIST} | rope | - | 58.00 ± 4.36 | 81.00 ± 2.65 |" in section
 
@@ -624,3 +624,33 @@ def test_every_published_report_rebuilds_from_its_raw_runs_unchanged(report, tmp
     write_report(published_dirs(report), tmp_path)
     for name in ("comparison.csv", "comparison.md"):
         assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
+
+
+def test_each_encoding_is_compared_with_itself_under_flat_coordinates_on_paired_seeds(tmp_path):
+    """What 2D buys over the notebook's 1D: grid runs of an encoding against its flat runs at the same seeds."""
+    flat = {"rope": [0.80, 0.85, 0.78], "cayley_dense": [0.81, 0.86, 0.80]}
+    gain = {"rope": [0.05, 0.06, 0.05], "cayley_dense": [0.00, 0.01, -0.01]}
+    records = [run_record(pos, None, seed, accuracy + dict(flat=0.0, grid=gain[pos][seed])[coordinates],
+                          coordinates=coordinates)
+               for pos, accuracies in flat.items() for seed, accuracy in enumerate(accuracies)
+               for coordinates in ("flat", "grid")]
+    report = write_report([write_runs(tmp_path / "sweep", records)], tmp_path / "report")
+    rows = {row.label: row for row in report.comparison.coordinate_rows}
+    assert set(rows) == {"rope", "cayley_dense"}
+    rope = rows["rope"]
+    assert (rope.coordinates, rope.versus, rope.test) == ("grid", "flat", "paired t")
+    assert rope.final_val_acc_diff_per_seed == pytest.approx({0: 0.05, 1: 0.06, 2: 0.05})
+    assert rope.final_val_acc_diff == pytest.approx(np.mean(gain["rope"]))
+    # Two comparisons in the family: Holm doubles the smaller p.
+    smaller = min(row.p_value for row in rows.values())
+    assert min(row.p_value_holm for row in rows.values()) == pytest.approx(2 * smaller)
+    assert rope.verdict.startswith("higher than flat coordinates")
+    section = (tmp_path / "report" / "comparison.md").read_text().split("## Coordinates")[1]
+    assert f"| {MNIST} | rope | grid | flat | paired t |" in section
+    # The comparisons with RoPE stay within each coordinates: flat against flat, grid against grid.
+    assert {(row.encoding, row.coordinates) for row in report.comparison.rows if row.is_reference} == {
+        ("rope", "flat"), ("rope", "grid")}
+
+
+def test_a_report_without_other_coordinates_has_no_coordinates_section(report):
+    assert "## Coordinates" not in report.with_name("comparison.md").read_text()

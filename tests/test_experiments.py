@@ -7,7 +7,7 @@ from rpe_bench import train as train_module
 from tests.helpers import CONF_DIR, read_results
 from tests.dataset_files import write_cifar10, write_mnist
 
-WRITERS = {"mnist": write_mnist, "cifar10": write_cifar10}
+WRITERS = {"mnist": write_mnist, "moving_mnist": write_mnist, "cifar10": write_cifar10}
 SHRINK = ["model.depth=1", "trainer.epochs=1", "trainer.batch_size=4", "trainer.limit_train_batches=2",
           "trainer.limit_val_batches=1", "trainer.inference_timing_batches=1", "logger.mode=offline"]
 

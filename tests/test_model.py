@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from rpe_bench import pos
-from rpe_bench.model import VisionTransformer, VitShape, fold_basis, parameter_groups, patch_coordinates
+from rpe_bench.coordinates import patch_coordinates
+from rpe_bench.model import VisionTransformer, VitShape, fold_basis, parameter_groups
 from tests.tolerances import chain_bound
 
 SHAPE = VitShape(image_size=16, patch_size=4, channels=3, num_classes=5, emb_dim=32, depth=2, num_heads=2)

@@ -79,7 +79,7 @@ def test_a_seed_sweep_gives_one_wandb_run_per_job_in_the_sweeps_group_and_a_matc
         assert record["job_type"] == "train"
     assert len(run_ids) == 2
 
-    comparison = (sweep_dir / "comparison.md").read_text().split("## Resolution extrapolation")[0]
+    comparison = (sweep_dir / "comparison.md").read_text().split("## Extrapolation")[0]
     page = (sweep_dir / "report.html").read_text()
     final_val_acc = [results[seed]["final_val_acc"] for seed in (1, 2)]
     cells = table_row(comparison, f"{DIGITS} | rope")
@@ -135,7 +135,7 @@ def test_the_local_launcher_runs_each_job_as_its_own_submitit_process(tmp_path):
         results = read_results(job)
         assert results["status"] == "completed" and results["config"]["seed"] == seed
     assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
-    comparison = (sweep_dir / "comparison.md").read_text().split("## Resolution extrapolation")[0]
+    comparison = (sweep_dir / "comparison.md").read_text().split("## Extrapolation")[0]
     assert table_row(comparison, f"{DIGITS} | rope")[3] == "2"
 
 

@@ -11,6 +11,6 @@ class NoRelativeEncoding(PositionEncoding):
 
 @register("ape")
 class AbsoluteTableOnly(NoRelativeEncoding):
-    # The model's table follows the patches, over the 2D grid or the flat index (VisionTransformer
-    # .absolute_positions); a table over (t, x, y) is still to come.
-    supported_axes = (1, 2)
+    # The model's table follows the tokens over the 2D grid, a clip's (t, x, y) grid or the flat index, and is
+    # interpolated over those axes at other sizes (VisionTransformer.absolute_positions).
+    supported_axes = (1, 2, 3)
