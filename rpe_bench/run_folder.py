@@ -64,8 +64,12 @@ def run_identity(cfg) -> Dict[str, Any]:
     Training settings (epochs, lr, batch limits) may change between sittings; these may not."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     dataset, model, position = container["dataset"], container["model"], container["pos"]
+    # Clips add their shape in time (and moving_mnist the clips drawn); an image run's identity is what it was, so
+    # folders made before clips existed still resume.
+    clip_keys = ("frames", "tubelet_frames") if dataset.get("frames") is not None else ()
+    clip_keys += ("moving",) if dataset["name"] == "moving_mnist" else ()
     return {
-        "dataset": {key: dataset[key] for key in ("name", "image_size", "channels", "num_classes")},
+        "dataset": {key: dataset[key] for key in ("name", "image_size", "channels", "num_classes", *clip_keys)},
         "model": model,
         "pos": {key: value for key, value in position.items() if key != "coordinate_augmentation"},
         "seed": container["seed"],
@@ -83,11 +87,13 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def check_same_run(folder: Path, saved: Optional[Dict[str, Any]], current: Dict[str, Any]) -> None:
-    """Refuses to resume a checkpoint written by another config, naming what differs."""
+    """Refuses to resume a checkpoint written by another config, naming what differs. Only what the checkpoint
+    recorded is compared: a key the identity gained later (a clip's frames) is absent from folders made before,
+    which still resume."""
     if saved is None:
         return
     before, now = _flatten(saved), _flatten(current)
-    differing = [key for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+    differing = [key for key in sorted(before) if before[key] != now.get(key)]
     if differing:
         described = "; ".join(f"{key} is {before.get(key)!r} there and {now.get(key)!r} here"
                               for key in differing[:3])

@@ -12,6 +12,7 @@ from rpe_bench.coordinates import grid_coordinates, patch_coordinates
 from rpe_bench.data import BatchIterator, DatasetError, DatasetNotFoundError, ImageTensors
 from rpe_bench.loop import batches_for
 from rpe_bench.model import VisionTransformer, VitShape
+from rpe_bench.run_folder import RunFolderRefused, check_same_run, run_identity
 from rpe_bench.splits import load_dataset
 from rpe_bench.video import MovingLines, draw_lines, evenly_spaced, load_moving_mnist, render_clips
 from tests.dataset_files import write_mnist
@@ -242,3 +243,32 @@ def test_a_clip_batch_is_normalised_per_channel_over_every_frame():
     # The multiply-add and the divide round differently: a few float32 roundings of the largest value.
     tolerance = 8 * torch.finfo(torch.float32).eps * expected.abs().max().item()
     torch.testing.assert_close(images[:, :, 1], frame, rtol=0, atol=tolerance)
+
+
+def test_an_image_runs_identity_is_what_folders_made_before_clips_saved_so_they_resume():
+    identity = run_identity(compose_config(*TINY_RUN))
+    assert set(identity["dataset"]) == {"name", "image_size", "channels", "num_classes"}
+    clips = run_identity(compose_config(*TINY_RUN, "dataset=moving_mnist"))["dataset"]
+    assert (clips["frames"], clips["tubelet_frames"], clips["moving"]["generator_seed"]) == (4, 1, 0)
+
+
+def test_a_clip_checkpoint_is_not_resumed_with_other_tubelets(monkeypatch, tmp_path, mnist_root, capsys):
+    monkeypatch.setenv("RPE_BENCH_DATA", str(mnist_root))
+    shrunk = [*CLIP_RUN, "pos=rope", "trainer.batch_size=16", "dataset.extrapolation_frames=[]",
+              "dataset.extrapolation_sizes=[]"]
+    run_training(monkeypatch, f"hydra.run.dir={tmp_path}", *shrunk)
+    with pytest.raises(SystemExit) as refused:
+        run_training(monkeypatch, f"hydra.run.dir={tmp_path}", *shrunk, "dataset.tubelet_frames=2",
+                     "trainer.epochs=2")
+    assert refused.value.code == 2
+    assert "dataset.tubelet_frames is 1 there and 2 here" in capsys.readouterr().err
+    assert [epoch["epoch"] for epoch in read_results(tmp_path)["history"]] == [1]
+
+
+def test_a_checkpoint_whose_identity_predates_a_key_still_resumes(tmp_path):
+    current = run_identity(compose_config(*TINY_RUN, "dataset=moving_mnist"))
+    older = {**current, "dataset": {key: value for key, value in current["dataset"].items()
+                                    if key not in ("frames", "tubelet_frames", "moving")}}
+    check_same_run(tmp_path, older, current)
+    with pytest.raises(RunFolderRefused, match="dataset.image_size is 32 there and 20 here"):
+        check_same_run(tmp_path, {**older, "dataset": {**older["dataset"], "image_size": 32}}, current)
