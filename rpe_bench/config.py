@@ -157,7 +157,8 @@ class TrainerConfig:
     tf32: bool = False
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
-    # Extrapolation (sizes and clip lengths) on the first N test batches only (the same images for every run); null: as val.
+    # Extrapolation (sizes and clip lengths) on the first N test batches only (the same images for every run);
+    # null: as val.
     limit_extrapolation_batches: Optional[int] = None
     inference_timing_batches: int = 10
     resume: bool = True

@@ -67,5 +67,6 @@ def test_auto_streams_a_folder_larger_than_a_quarter_of_the_jobs_memory(digits_f
 
 
 def test_streaming_other_datasets_is_refused_with_one_line():
-    with pytest.raises(ConfigError, match="dataset.loader=stream reads image_folder and video_folder only.*allowed here are auto"):
+    with pytest.raises(ConfigError, match="dataset.loader=stream reads image_folder and video_folder only.*allowed "
+                                          "here are auto"):
         validate(compose_config("dataset=mnist", "dataset.loader=stream"))

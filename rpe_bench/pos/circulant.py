@@ -19,7 +19,7 @@ from torch import nn
 
 from rpe_bench.pos import register
 from rpe_bench.pos.rope_mixed import mixed_frequencies
-from rpe_bench.pos.rotary import RotaryEncoding, axial_sections, axis_names
+from rpe_bench.pos.rotary import SPECTRAL, RotaryEncoding, axial_sections, axis_names, check_init
 
 
 def real_fourier_basis(dim: int) -> torch.Tensor:
@@ -57,8 +57,10 @@ class CirculantString(RotaryEncoding):
     folds = True
     supported_axes = None  # one circulant generator per axis (c_x, c_y; c_index; c_t, c_x, c_y)
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0,
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0, init: str = SPECTRAL,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
+        check_init("circulant", init, (SPECTRAL,), why=" (its generators are circulant: their rotating planes are "
+                                                      "fixed Fourier modes, never RoPE's channel pairs)")
         self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
         super().__init__(head_dim, num_heads)
         rotating = head_dim // 2 - 1

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from rpe_bench.pos import register
-from rpe_bench.pos.lie import BlockLieEncoding, matrix_exponential, skew_symmetric, spectral_skew_entries
-from rpe_bench.pos.rotary import axial_sections, random_frames, section_frequencies
+from rpe_bench.pos.lie import (BlockLieEncoding, matrix_exponential, pair_skew_entries, skew_symmetric,
+                               spectral_skew_entries)
+from rpe_bench.pos.rotary import (ROPE, SPECTRAL, axial_pairs, axial_sections, check_init, random_frames,
+                                 section_frequencies)
 
 
 class ComRope(BlockLieEncoding):
@@ -44,10 +46,13 @@ class ComRopeAxisPartition(ComRope):
     """Block j follows axis j mod D alone, so with 4 blocks over (t, x, y) the axes get 2, 1 and 1 blocks. Init:
     axial RoPE's frequencies, each block taking the next b/2 of its axis's (base^(-t / n) over the n frequencies
     its blocks hold), in a random rotation of each block; at b = 2 over (x, y) exactly axial RoPE with the pairs
-    (2n, 2n + 1) alternating between x and y."""
+    (2n, 2n + 1) alternating between x and y. That is init=spectral; init=rope is axial RoPE of rope_base
+    exactly: the blocks of axis i hold its section's RoPE pairs in order (lay_out_pairs), which needs each
+    section to fill its blocks (16 pairs in blocks of 4 over (x, y): yes; over (t, x, y), 6, 5, 5 pairs: no)."""
 
-    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
+    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
+        check_init("comrope_ap", init, (SPECTRAL, ROPE))
         super().__init__(head_dim, num_heads, block_size)
         if self.num_blocks < axes:
             allowed = [size for size in range(2, head_dim // axes + 1, 2) if head_dim % size == 0]
@@ -60,9 +65,28 @@ class ComRopeAxisPartition(ComRope):
                     for blocks in blocks_per_axis]
         # Block j is the (j // D)-th block of its axis.
         frequencies = torch.stack([per_axis[block % axes][block // axes] for block in range(self.num_blocks)])
-        self.skew_entries = nn.Parameter(spectral_skew_entries(frequencies.expand(num_heads, -1, -1), generator))
+        if init == SPECTRAL:
+            entries = spectral_skew_entries(frequencies.expand(num_heads, -1, -1), generator)
+        else:
+            entries = self.rope_layout(head_dim, block_size, rope_base, axes, blocks_per_axis, num_heads)
+        self.skew_entries = nn.Parameter(entries)
         serving = torch.stack([(axis_of_block == axis).float() for axis in range(axes)])
         self.register_buffer("serving", serving[:, None], persistent=False)
+
+    def rope_layout(self, head_dim: int, block_size: int, base: float, axes: int, blocks_per_axis: list[int],
+                    num_heads: int) -> torch.Tensor:
+        """init=rope: lays axis i's RoPE pairs over its blocks in order; returns the blocks' skew entries."""
+        sections, half = axial_sections(head_dim, axes), block_size // 2
+        if [blocks * half for blocks in blocks_per_axis] != sections:
+            raise ValueError(f"init='rope' is not allowed for comrope_ap with block_size={block_size} over {axes} "
+                             f"axes: its blocks give the axes {[blocks * half for blocks in blocks_per_axis]} pairs "
+                             f"and axial RoPE {sections}; allowed: init=spectral, or a block size that splits alike")
+        frequencies, _ = axial_pairs(head_dim, axes, base)
+        starts = [sum(sections[:axis]) for axis in range(axes)]
+        pair_order = torch.cat([torch.arange(half) + starts[block % axes] + (block // axes) * half
+                                for block in range(self.num_blocks)])
+        self.lay_out_pairs(pair_order)
+        return pair_skew_entries(frequencies[pair_order].view(self.num_blocks, half)).expand(num_heads, -1, -1).clone()
 
     def axis_scales(self) -> torch.Tensor:
         return self.serving
@@ -75,11 +99,17 @@ class ComRopeLinearDependence(ComRope):
     (random_frames), each block scaled along the direction of the section its first pair is in: over (x, y)
     the first half of the blocks along (cos a, sin a), the others along a + pi/2. At b = 2 this is exactly
     RoPE-Mixed's init, with the pairs (2n, 2n + 1). With one block (b = head dim) every pair follows the same
-    direction c: R depends on c . r alone, a limit of the method, not of the init."""
+    direction c: R depends on c . r alone, a limit of the method, not of the init. That is init=spectral;
+    init=rope is axial RoPE of rope_base exactly: blocks over whole RoPE pairs (lay_out_pairs), each B_j with its
+    pairs' axial frequencies and c one-hot on their axis, which needs no block to straddle two axes' sections."""
 
-    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
+    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
+        check_init("comrope_ld", init, (SPECTRAL, ROPE))
         super().__init__(head_dim, num_heads, block_size)
+        if init == ROPE:
+            self.start_as_rope(head_dim, num_heads, block_size, rope_base, axes)
+            return
         sections = axial_sections(head_dim, axes)
         magnitudes = torch.cat([section_frequencies(pairs, rope_base) for pairs in sections])
         magnitudes = magnitudes.view(self.num_blocks, block_size // 2)
@@ -89,6 +119,21 @@ class ComRopeLinearDependence(ComRope):
         directions = random_frames(num_heads, axes, generator)[:, section_of_block, :]  # (heads, blocks, axes)
         # (axis, heads, blocks): c_ij.
         self.scales = nn.Parameter(torch.stack([directions[..., axis] for axis in range(axes)]))
+
+    def start_as_rope(self, head_dim: int, num_heads: int, block_size: int, base: float, axes: int) -> None:
+        frequencies, axis_of_pair = axial_pairs(head_dim, axes, base)
+        axis_of_pair = axis_of_pair.view(self.num_blocks, block_size // 2)
+        if (axis_of_pair != axis_of_pair[:, :1]).any():
+            raise ValueError(f"init='rope' is not allowed for comrope_ld with block_size={block_size} over {axes} "
+                             f"axes: a block would hold pairs of two axes (axial RoPE gives them "
+                             f"{axial_sections(head_dim, axes)} pairs); allowed: init=spectral, or a block size "
+                             f"that divides every axis's pairs")
+        self.lay_out_pairs(torch.arange(head_dim // 2))
+        entries = pair_skew_entries(frequencies.view(self.num_blocks, block_size // 2))
+        self.skew_entries = nn.Parameter(entries.expand(num_heads, -1, -1).clone())
+        block_axis = axis_of_pair[:, 0]
+        self.scales = nn.Parameter(torch.stack([(block_axis == axis).float().expand(num_heads, -1)
+                                                for axis in range(axes)]))
 
     def axis_scales(self) -> torch.Tensor:
         return self.scales

@@ -51,6 +51,25 @@ def spectral_skew_entries(frequencies: torch.Tensor, generator: Optional[torch.G
     return (basis @ canonical @ basis.transpose(-1, -2))[..., rows, cols].to(frequencies.dtype)
 
 
+def pair_skew_entries(frequencies: torch.Tensor) -> torch.Tensor:
+    """Strictly-upper entries of skew blocks diag(w_1 J, ..., w_{b/2} J): exp(t A) rotates the block's channel
+    pairs (2p, 2p + 1) by t w_p exactly as RoPE rotates a pair (init=rope)."""
+    size = 2 * frequencies.shape[-1]
+    pairs = torch.arange(0, size, 2)
+    canonical = frequencies.new_zeros(*frequencies.shape[:-1], size, size)
+    canonical[..., pairs + 1, pairs] = frequencies
+    canonical[..., pairs, pairs + 1] = -frequencies
+    rows, cols = torch.triu_indices(size, size, offset=1)
+    return canonical[..., rows, cols]
+
+
+def slots_of_pairs(pair_order: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The block layout that puts RoPE pair pair_order[p] = n, the channels (n, n + d/2), at the block channels
+    (2p, 2p + 1): for each head channel, the block channel that holds it."""
+    channel_of_slot = torch.stack([pair_order, pair_order + head_dim // 2], dim=1).flatten()
+    return torch.argsort(channel_of_slot)
+
+
 # Taylor degree m per dtype, and the 1-norm theta every exponent is scaled under: the remainder theta^(m+1)/(m+1)!
 # is below the unit roundoff (2^17/17! = 4e-10 < 2^-24 in fp32, 2^25/25! = 2e-18 < 2^-53 in fp64).
 _TAYLOR_DEGREE = {torch.float32: 16, torch.float64: 24}
@@ -95,7 +114,8 @@ def matrix_exponential(matrices: torch.Tensor) -> torch.Tensor:
     return result.masked_fill(beyond_reach, math.nan)
 
 
-def apply_block_rotations(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+def apply_block_rotations(x: torch.Tensor, rotations: torch.Tensor,
+                          slot_of_channel: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x (batch, heads, tokens, d) rotated per token by block-diagonal rotations (tokens, heads, blocks, b, b).
 
     The blocks are laid out as one dense d x d matrix per (token, head), zeros off the diagonal blocks: one
@@ -105,6 +125,8 @@ def apply_block_rotations(x: torch.Tensor, rotations: torch.Tensor) -> torch.Ten
     diagonal = torch.eye(blocks, dtype=rotations.dtype, device=rotations.device)
     dense = (rotations.unsqueeze(3) * diagonal[:, :, None, None]).transpose(3, 4)
     dense = dense.reshape(tokens, heads, blocks * size, blocks * size)
+    if slot_of_channel is not None:  # blocks laid over other channels than contiguous ones (init=rope)
+        dense = dense[:, :, slot_of_channel][:, :, :, slot_of_channel]
     return torch.einsum("thij,bhtj->bhti", dense, x)
 
 
@@ -118,6 +140,14 @@ class BlockLieEncoding(PositionEncoding):
         super().__init__(head_dim, num_heads)
         self.block_size = block_size
         self.num_blocks = head_dim // block_size
+        # Contiguous channels per block unless lay_out_pairs says otherwise.
+        self.register_buffer("slot_of_channel", None, persistent=False)
+
+    def lay_out_pairs(self, pair_order: torch.Tensor) -> None:
+        """Blocks over whole RoPE pairs (n, n + d/2), pair_order[p] at the block channels (2p, 2p + 1): our RoPE
+        rotates the pairs (n, n + d/2) ("rotate-half"), which contiguous blocks cannot hold. The permutation is
+        folded into each token's rotation matrix, so q and k keep their channel order."""
+        self.slot_of_channel = slots_of_pairs(pair_order, self.head_dim)
 
     def block_rotations(self, coords: torch.Tensor) -> torch.Tensor:
         """R(r) as (tokens, heads, blocks, b, b) from coords (tokens, axes) in the parameters' dtype."""
@@ -132,4 +162,5 @@ class BlockLieEncoding(PositionEncoding):
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         rotations = self.rotations(coords).to(q.dtype)
-        return apply_block_rotations(q, rotations), apply_block_rotations(k, rotations)
+        return (apply_block_rotations(q, rotations, self.slot_of_channel),
+                apply_block_rotations(k, rotations, self.slot_of_channel))

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from rpe_bench.pos import register
-from rpe_bench.pos.lie import BlockLieEncoding, matrix_exponential, skew_symmetric, spectral_skew_entries
-from rpe_bench.pos.rope_mixed import mixed_frequencies
+from rpe_bench.pos.lie import (BlockLieEncoding, matrix_exponential, pair_skew_entries, skew_symmetric,
+                               spectral_skew_entries)
+from rpe_bench.pos.rope_mixed import axial_rope_frequencies, mixed_frequencies
+from rpe_bench.pos.rotary import ROPE, SPECTRAL, check_init
 
 
 @register("liere")
@@ -21,18 +23,26 @@ class Liere(BlockLieEncoding):
     random direction per head) in a random rotation of each block, drawn independently for x and y, so for
     b >= 4 A_x and A_y do not commute from the start. LieRE's own init (entries uniform in [0, 2 pi) for
     positions in [0, 1]) has no meaning in patch units; at b = 2 this init is exactly RoPE-Mixed's, with the
-    pairs (2n, 2n + 1) instead of (n, n + d/2)."""
+    pairs (2n, 2n + 1) instead of (n, n + d/2). That is init=spectral; init=rope starts at axial RoPE of
+    rope_base exactly: blocks over whole RoPE pairs (lay_out_pairs), each axis's generator rotating the pairs of
+    its section alone, so the generators commute until training moves them."""
 
     relative = False  # with two axes or more, A_x and A_y do not commute (one axis alone is relative)
     supported_axes = None  # one generator per axis
 
-    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float,
+    def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
+        check_init("liere", init, (SPECTRAL, ROPE))
         super().__init__(head_dim, num_heads, block_size)
-        frequencies = mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)
-        frequencies = frequencies.reshape(axes, num_heads, self.num_blocks, block_size // 2)
+        blocks = (axes, num_heads, self.num_blocks, block_size // 2)
+        if init == SPECTRAL:
+            frequencies = mixed_frequencies(head_dim, num_heads, rope_base, generator, axes).reshape(blocks)
+            entries = spectral_skew_entries(frequencies, generator)
+        else:
+            self.lay_out_pairs(torch.arange(head_dim // 2))
+            entries = pair_skew_entries(axial_rope_frequencies(head_dim, num_heads, rope_base, axes).reshape(blocks))
         # (axis, heads, blocks, b (b - 1) / 2): the free entries of each axis's generator.
-        self.skew_entries = nn.Parameter(spectral_skew_entries(frequencies, generator))
+        self.skew_entries = nn.Parameter(entries)
 
     def generators(self) -> torch.Tensor:
         """One generator per axis, (axes, heads, blocks, b, b)."""

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from rpe_bench.pos import register
-from rpe_bench.pos.rotary import RotaryEncoding, axial_sections, axis_names, random_frames, section_frequencies
+from rpe_bench.pos.rotary import (ROPE, SPECTRAL, RotaryEncoding, axial_pairs, axial_sections, axis_names,
+                                 check_init, random_frames, section_frequencies)
 
 
 def mixed_frequencies(head_dim: int, num_heads: int, base: float, generator: Optional[torch.Generator] = None,
@@ -22,18 +23,29 @@ def mixed_frequencies(head_dim: int, num_heads: int, base: float, generator: Opt
     return torch.stack([magnitudes * directions[..., axis] for axis in range(axes)])
 
 
+def axial_rope_frequencies(head_dim: int, num_heads: int, base: float, axes: int = 2) -> torch.Tensor:
+    """Axial RoPE's frequencies as (axes, heads, d/2): each pair follows its own axis alone."""
+    frequencies, axis_of_pair = axial_pairs(head_dim, axes, base)
+    theta = torch.stack([torch.where(axis_of_pair == axis, frequencies, 0.0) for axis in range(axes)])
+    return theta[:, None].expand(-1, num_heads, -1)
+
+
 @register("rope_mixed")
 class RopeMixed(RotaryEncoding):
     """One learnable frequency vector per axis (theta_x, theta_y; theta_index for the flat index; theta_t, ...
-    over (t, x, y)). Its YAML's rope_base is 10, as rope-vit builds its mixed models (its axial ones use 100)."""
+    over (t, x, y)). Its YAML's rope_base is 10, as rope-vit builds its mixed models (its axial ones use 100).
+    init: `spectral`, rope-vit's (mixed_frequencies), or `rope`, axial RoPE's frequencies exactly."""
 
     supported_axes = None
 
-    def __init__(self, head_dim: int, num_heads: int, rope_base: float,
+    def __init__(self, head_dim: int, num_heads: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
+        check_init("rope_mixed", init, (SPECTRAL, ROPE))
         self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
         super().__init__(head_dim, num_heads)
-        for name, theta in zip(self.axis_names, mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)):
+        start = (mixed_frequencies(head_dim, num_heads, rope_base, generator, axes) if init == SPECTRAL
+                 else axial_rope_frequencies(head_dim, num_heads, rope_base, axes))
+        for name, theta in zip(self.axis_names, start):
             self.register_parameter(f"theta_{name}", nn.Parameter(theta.clone()))
 
     def frequencies(self) -> torch.Tensor:

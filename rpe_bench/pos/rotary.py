@@ -37,6 +37,22 @@ def axial_sections(head_dim: int, axes: int) -> list[int]:
     return [pairs // axes + (axis < pairs % axes) for axis in range(axes)]
 
 
+def axial_pairs(head_dim: int, axes: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial RoPE pair by pair: (frequency (d/2,), axis (d/2,) long) of each rotation pair (n, n + d/2)."""
+    sections = axial_sections(head_dim, axes)
+    frequencies = torch.cat([section_frequencies(pairs, base) for pairs in sections])
+    return frequencies, torch.repeat_interleave(torch.arange(axes), torch.tensor(sections))
+
+
+# pos.options.init of the learnable rotary encodings: where their frequencies or generators start.
+SPECTRAL, ROPE = "spectral", "rope"
+
+
+def check_init(encoding: str, init: str, allowed: tuple[str, ...], why: str = "") -> None:
+    if init not in allowed:
+        raise ValueError(f"init={init!r} is not allowed for {encoding}{why}: allowed {', '.join(allowed)}")
+
+
 def axis_names(axes: int) -> tuple[str, ...]:
     """Names of the position's axes, for parameters that belong to one axis (theta_x, c_y, ...)."""
     return {1: ("index",), 2: ("x", "y"), 3: ("t", "x", "y")}.get(axes) or tuple(f"axis{axis}" for axis in range(axes))
