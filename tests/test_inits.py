@@ -85,3 +85,20 @@ def test_the_start_is_recorded_and_labels_the_variant(monkeypatch, tmp_path):
     labels = {row.label for row in summarize(collect_results([tmp_path]))}
     assert labels == {"liere (block_size=8, init=rope, rope_base=10)", "liere (block_size=8, init=spectral, "
                                                                         "rope_base=10)"}
+
+
+@pytest.mark.parametrize("name, buffer", [("rope", "theta"), ("circulant", "fourier_basis")])
+def test_constant_buffers_are_built_in_the_modules_dtype_not_widened_from_float32(name, buffer):
+    encoding = pos.build(name, head_dim=32, num_heads=2, **pos.configured_defaults(name))
+    single = getattr(encoding, buffer).clone()
+    double = getattr(encoding.double(), buffer)
+    assert double.dtype == torch.float64
+    if name == "rope":  # base 100: theta_t = 100^(-t / 8) over each axis's 8 pairs
+        expected = 100.0 ** (-torch.arange(8, dtype=torch.float64) / 8)
+        assert torch.equal(double[0, 0, :8], expected) and torch.equal(double[1, 0, 8:], expected)
+    else:  # orthogonal to float64's rounding, which float32 values widened are not
+        identity = torch.eye(32, dtype=torch.float64)
+        assert (double @ double.T - identity).abs().max() < 64 * torch.finfo(torch.float64).eps
+        assert (single.double() @ single.double().T - identity).abs().max() > 1e3 * torch.finfo(torch.float64).eps
+    assert not torch.equal(double, single.double())
+    assert torch.equal(getattr(encoding.float(), buffer), single)  # and back, bit for bit

@@ -1,6 +1,6 @@
 """The interface every position encoding implements (see docs/design.md), with identity defaults."""
 import itertools
-from typing import Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -34,6 +34,21 @@ class PositionEncoding(nn.Module):
         self.head_dim = head_dim
         self.num_heads = num_heads
         self.basis_folded = False
+        self._exact_buffers: Dict[str, Callable[[torch.dtype], torch.Tensor]] = {}
+
+    def register_exact_buffer(self, name: str, build: Callable[[torch.dtype], torch.Tensor]) -> None:
+        """A constant of the config (frequencies, a fixed basis) that follows the module's dtype by being built
+        again in it, build(dtype), rather than cast: a module moved to float64 gets float64 values, not float32
+        ones widened. Kept out of the state_dict."""
+        self._exact_buffers[name] = build
+        self.register_buffer(name, build(torch.get_default_dtype()), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        for name, build in self._exact_buffers.items():
+            moved = getattr(self, name)
+            setattr(self, name, build(moved.dtype).to(moved.device))
+        return result
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         basis = self.projection_basis()

@@ -23,14 +23,14 @@ from rpe_bench.pos.rotary import SPECTRAL, RotaryEncoding, axial_sections, axis_
 
 
 def real_fourier_basis(dim: int) -> torch.Tensor:
-    """Orthogonal Q (d, d) whose rows are the rotate-half pairs: row n and row n + d/2 are (w_n+1, u_n+1)
-    for the rotating modes 1 .. d/2 - 1, and the last pair is (u_0, u_d/2)."""
+    """Orthogonal Q (d, d), float64, whose rows are the rotate-half pairs: row n and row n + d/2 are
+    (w_n+1, u_n+1) for the rotating modes 1 .. d/2 - 1, and the last pair is (u_0, u_d/2)."""
     half = dim // 2
     phase = 2 * math.pi * torch.arange(1, half, dtype=torch.float64)[:, None] * torch.arange(dim) / dim
     scale = math.sqrt(2 / dim)
     constant = torch.full((1, dim), 1 / math.sqrt(dim), dtype=torch.float64)
     alternating = (-1.0) ** torch.arange(dim, dtype=torch.float64)[None] / math.sqrt(dim)
-    return torch.cat([scale * phase.sin(), constant, scale * phase.cos(), alternating]).float()
+    return torch.cat([scale * phase.sin(), constant, scale * phase.cos(), alternating])
 
 
 def circulant_frequencies(c: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ class CirculantString(RotaryEncoding):
         for name, theta in zip(self.axis_names, mixed_frequencies(head_dim, num_heads, rope_base, generator, axes)):
             self.register_parameter(f"c_{name}", nn.Parameter(circulant_from_frequencies(theta[:, :rotating],
                                                                                          head_dim)))
-        self.register_buffer("fourier_basis", real_fourier_basis(head_dim), persistent=False)
+        self.register_exact_buffer("fourier_basis", lambda dtype: real_fourier_basis(head_dim).to(dtype))
 
     def frequencies(self) -> torch.Tensor:
         return torch.stack([circulant_frequencies(getattr(self, f"c_{name}")) for name in self.axis_names])

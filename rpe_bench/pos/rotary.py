@@ -14,11 +14,17 @@ import torch
 from rpe_bench.pos.base import PositionEncoding
 
 
-def section_frequencies(pairs: int, base: float) -> torch.Tensor:
+def section_frequencies(pairs: int, base: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """theta_t = base^(-t / pairs), t < pairs: one axis's frequencies over its section of the pairs."""
     if base <= 0:
         raise ValueError(f"rope_base={base} must be > 0")
-    return base ** (-torch.arange(pairs, dtype=torch.float32) / pairs)
+    return base ** (-torch.arange(pairs, dtype=dtype) / pairs)
+
+
+def computed_in(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a constant is computed in for a module of `dtype`: float64 for float64, else float32 (then
+    cast), so half precisions round float32 values instead of computing in half."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def axial_frequencies(head_dim: int, base: float) -> torch.Tensor:
