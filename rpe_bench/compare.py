@@ -10,6 +10,7 @@ them, report_plots draws them and report_wandb puts them on the W&B dashboard.
 import argparse
 import functools
 import logging
+import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ from rpe_bench import cost, provenance, report_plots, report_tables, report_wand
 from rpe_bench.config import CONF_DIR
 from rpe_bench.report_rows import Comparison, CoordinatesRow, VariantRow
 from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, extrapolation_order, read_result
-from rpe_bench.statistics import (Difference, holm_adjusted, mean_and_std, mean_interval, paired_difference,
-                                  verdict, welch_difference, width_ratio)
+from rpe_bench.statistics import (EQUIVALENCE_MARGIN, PAIRED, PLANNED_EFFECT, SIGNIFICANCE_LEVEL, Difference,
+                                  holm_adjusted, holm_levels, mean_and_std, mean_interval,
+                                  min_detectable_difference, paired_difference, sd_upper_bound,
+                                  seeds_for_equivalence, seeds_to_detect, verdict, welch_difference, width_ratio)
 
 log = logging.getLogger("rpe_bench")
 
@@ -222,11 +225,58 @@ def differences_from_reference(runs: list[RunResult], reference_runs: list[RunRe
     return paired or unpaired, unpaired
 
 
-def difference_fields(difference: Optional[Difference], unpaired: Optional[Difference],
-                      adjusted_p: Optional[float], words: str) -> dict:
+@dataclass(frozen=True)
+class Decision:
+    """What a report decides with, declared before the runs: the equivalence margin and the effect a plan sizes
+    studies for (fractions of accuracy; the command line takes points)."""
+    margin: float = EQUIVALENCE_MARGIN
+    planned_effect: float = PLANNED_EFFECT
+
+
+@dataclass(frozen=True)
+class Tested:
+    """One comparison's place in the report's two Holm families (difference tests, equivalence tests)."""
+    adjusted_p: Optional[float] = None
+    level: Optional[float] = None  # the alpha of its Holm step
+    equivalence_p: Optional[float] = None
+    equivalence_adjusted_p: Optional[float] = None
+    comparisons: int = 0  # m, the size of each family
+
+
+def holm_families(differences: dict, decision: Decision) -> dict:
+    """Holm over the difference tests, and over the TOST equivalence tests as a family of their own."""
+    tested = [key for key, difference in differences.items() if difference is not None]
+    p_values = [differences[key].p_value for key in tested]
+    equivalence = [differences[key].equivalence_p_value(decision.margin) for key in tested]
+    return {key: Tested(adjusted, level, tost, tost_adjusted, len(tested)) for key, adjusted, level, tost, tost_adjusted
+            in zip(tested, holm_adjusted(p_values), holm_levels(p_values), equivalence,
+                   holm_adjusted(equivalence))}
+
+
+def plan_fields(difference: Optional[Difference], tested: Tested, decision: Decision) -> dict:
+    """Paired seeds a study needs, from these runs' paired spread: to detect the planned effect at 80% power,
+    and to show equivalence within the margin at 80% power when the true difference is 0, both at Holm's
+    first-step level alpha / m; each for the observed SD and for its one-sided 80% upper bound."""
+    empty = {name: None for name in ("paired_sd", "paired_sd_upper", "seeds_to_detect", "seeds_to_detect_upper",
+                                     "seeds_for_equivalence", "seeds_for_equivalence_upper")}
+    if difference is None or difference.test != PAIRED or not tested.comparisons:
+        return empty
+    alpha = SIGNIFICANCE_LEVEL / tested.comparisons
+    sd = difference.standard_error * math.sqrt(difference.df + 1)
+    upper = sd_upper_bound(sd, difference.df)
+    return {"paired_sd": sd, "paired_sd_upper": upper,
+            "seeds_to_detect": seeds_to_detect(sd, decision.planned_effect, alpha),
+            "seeds_to_detect_upper": seeds_to_detect(upper, decision.planned_effect, alpha),
+            "seeds_for_equivalence": seeds_for_equivalence(sd, decision.margin, alpha),
+            "seeds_for_equivalence_upper": seeds_for_equivalence(upper, decision.margin, alpha)}
+
+
+def difference_fields(difference: Optional[Difference], unpaired: Optional[Difference], tested: Tested,
+                      words: str, decision: Decision) -> dict:
     """The reported test's Δ (final val acc minus rope's), with Welch's unpaired numbers beside it."""
     interval = difference and difference.interval
     unpaired_interval = unpaired and unpaired.interval
+    adjusted_p = tested.adjusted_p
     return {
         "test": difference and difference.test, "test_runs": difference and difference.runs,
         "final_val_acc_diff_per_seed": (difference and difference.per_seed) or None,
@@ -234,7 +284,13 @@ def difference_fields(difference: Optional[Difference], unpaired: Optional[Diffe
         "final_val_acc_diff_ci95_low": interval and interval[0],
         "final_val_acc_diff_ci95_high": interval and interval[1],
         "p_value": difference and difference.p_value, "p_value_holm": adjusted_p,
-        "final_val_acc_diff_min_detectable": difference and difference.min_detectable,
+        "tost_p_value": tested.equivalence_p, "tost_p_value_holm": tested.equivalence_adjusted_p,
+        "holm_level": tested.level,
+        "final_val_acc_diff_min_detectable": (difference and tested.level
+                                              and min_detectable_difference(difference.standard_error,
+                                                                            difference.df, tested.level)),
+        "final_val_acc_diff_min_detectable_unadjusted": difference and difference.min_detectable,
+        "test_df": difference and difference.df,
         "final_val_acc_diff_unpaired": unpaired and unpaired.mean,
         "final_val_acc_diff_unpaired_ci95_low": unpaired_interval and unpaired_interval[0],
         "final_val_acc_diff_unpaired_ci95_high": unpaired_interval and unpaired_interval[1],
@@ -242,6 +298,7 @@ def difference_fields(difference: Optional[Difference], unpaired: Optional[Diffe
         "final_val_acc_diff_ci_width_vs_unpaired": (
             width_ratio(interval, unpaired_interval) if difference is not unpaired else None),
         "verdict": words,
+        **plan_fields(difference, tested, decision),
     }
 
 
@@ -255,7 +312,7 @@ def extrapolation_statistics(runs: list[RunResult], sizes: list[str]) -> dict:
 
 
 def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str],
-                     costs: Optional[dict[VariantKey, dict]] = None) -> Comparison:
+                     costs: Optional[dict[VariantKey, dict]] = None, decision: Decision = Decision()) -> Comparison:
     """One row per variant. Holm's correction runs over every comparison with RoPE in the report, across
     datasets. `costs`: the measured costs (costs_by_variant)."""
     costs = costs or {}
@@ -263,8 +320,7 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
     differences = {key: differences_from_reference(runs, groups[references[key]])
                    for key, runs in groups.items()
                    if key.encoding != REFERENCE_POS and references[key] is not None}
-    tested = [key for key, (difference, _) in differences.items() if difference is not None]
-    adjusted = dict(zip(tested, holm_adjusted([differences[key][0].p_value for key in tested])))
+    tested = holm_families({key: difference for key, (difference, _) in differences.items()}, decision)
     show_coordinates = len({key.coordinates for key in groups}) > 1
     # An encoding's options are named only where its runs differ in them.
     option_sets = defaultdict(set)
@@ -279,22 +335,26 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             words, (difference, unpaired) = f"n/a, no {REFERENCE_POS} runs", (None, None)
         else:
             difference, unpaired = differences[key]
-            words = verdict(difference, adjusted.get(key), REFERENCE_POS)
+            found = tested.get(key, Tested())
+            words = verdict(difference, found.adjusted_p, REFERENCE_POS, found.equivalence_adjusted_p,
+                            decision.margin)
         rows.append(VariantRow(
             dataset=runs[0].config.dataset, dataset_display_name=key.dataset_display_name, encoding=key.encoding,
             f=key.f, coordinates=key.coordinates, options=key.options or None,
             encoding_label=encoding_label(key, show_options[key]),
             label=variant_label(key, show_coordinates, show_options[key]),
             **accuracy_and_cost(runs), **cost_fields(costs.get(key)),
-            **difference_fields(difference, unpaired, adjusted.get(key), words),
+            **difference_fields(difference, unpaired, tested.get(key, Tested()), words, decision),
             extrapolation=extrapolation_statistics(runs, sizes)))
-    return Comparison(rows, sizes, show_coordinates, coordinate_differences(groups))
+    return Comparison(rows, sizes, show_coordinates, coordinate_differences(groups, decision), decision.margin,
+                      decision.planned_effect)
 
 
 REFERENCE_COORDINATES = ("flat", "grid", "normalized")  # the first present is the reference
 
 
-def coordinate_differences(groups: dict[VariantKey, list[RunResult]]) -> list[CoordinatesRow]:
+def coordinate_differences(groups: dict[VariantKey, list[RunResult]],
+                           decision: Decision = Decision()) -> list[CoordinatesRow]:
     """Each variant under other coordinates against the same variant (dataset, encoding, f, options) under the
     reference coordinates: what 2D positions buy over the notebook's flat index, on paired seeds."""
     by_variant = defaultdict(dict)
@@ -306,19 +366,20 @@ def coordinate_differences(groups: dict[VariantKey, list[RunResult]]) -> list[Co
         for coordinates, runs in arms.items():
             if coordinates != reference:
                 pairs.append((key, coordinates, reference, differences_from_reference(runs, arms[reference])[0]))
-    tested = [index for index, pair in enumerate(pairs) if pair[3] is not None]
-    adjusted = dict(zip(tested, holm_adjusted([pairs[index][3].p_value for index in tested])))
+    tested = holm_families({index: pair[3] for index, pair in enumerate(pairs)}, decision)
     rows = []
     for index, (key, coordinates, reference, difference) in enumerate(pairs):
         interval = difference and difference.interval
+        found = tested.get(index, Tested())
         rows.append(CoordinatesRow(
             dataset_display_name=key.dataset_display_name, label=variant_label(key, False, bool(key.options)),
             coordinates=coordinates, versus=reference, test=difference and difference.test,
             final_val_acc_diff_per_seed=(difference and difference.per_seed) or None,
             final_val_acc_diff=difference and difference.mean,
             final_val_acc_diff_ci95_low=interval and interval[0], final_val_acc_diff_ci95_high=interval and interval[1],
-            p_value=difference and difference.p_value, p_value_holm=adjusted.get(index),
-            verdict=verdict(difference, adjusted.get(index), f"{reference} coordinates")))
+            p_value=difference and difference.p_value, p_value_holm=found.adjusted_p,
+            verdict=verdict(difference, found.adjusted_p, f"{reference} coordinates",
+                            found.equivalence_adjusted_p, decision.margin)))
     return rows
 
 
@@ -336,7 +397,8 @@ class Report:
     warning: Optional[str]
 
 
-def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: Optional[float] = None) -> Report:
+def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: Optional[float] = None,
+                  decision: Decision = Decision()) -> Report:
     """comparison.md, comparison.csv, the plots and report.html in `output`. The cost columns come from
     `output`/cost.json, measured anew first when `measure_cost_seconds` (per variant) is given."""
     output = Path(output)
@@ -346,7 +408,7 @@ def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: 
     cost_path = output / cost.COST_FILE
     if measure_cost_seconds is not None and groups:
         cost.write_measurement(cost_path, measure_cost(groups, measure_cost_seconds))
-    comparison = summarize_groups(groups, sizes, costs_by_variant(cost.read_measurement(cost_path)))
+    comparison = summarize_groups(groups, sizes, costs_by_variant(cost.read_measurement(cost_path)), decision)
     curves = list(zip(comparison.rows, groups.values()))
     plots = report_plots.write_plots(comparison, curves, output)
     warning = provenance_warning(results)
@@ -357,8 +419,17 @@ def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: 
     return Report(output / REPORT_NAME, comparison, plots, warning)
 
 
-def write_report(dirs, output, measure_cost_seconds: Optional[float] = None) -> Report:
-    return render_report(collect_results(dirs), dirs, output, measure_cost_seconds)
+def write_report(dirs, output, measure_cost_seconds: Optional[float] = None,
+                 decision: Decision = Decision()) -> Report:
+    return render_report(collect_results(dirs), dirs, output, measure_cost_seconds, decision)
+
+
+def decision_from_points(margin: float, planned_effect: float) -> Decision:
+    """Decision from points, refusing values that cannot be a margin or an effect."""
+    for name, value in (("margin", margin), ("plan", planned_effect)):
+        if not 0 < value < 100:
+            raise ValueError(f"--{name} {value:g} is out of range: allowed 0 < {name} < 100 (points of accuracy)")
+    return Decision(margin / 100, planned_effect / 100)
 
 
 class ComparisonReportCallback(Callback):
@@ -367,8 +438,10 @@ class ComparisonReportCallback(Callback):
     job failed, ends the sweep with exit status 1, so that a shell, CI or scheduler sees the failure the report
     lists."""
 
-    def __init__(self, measure_cost: bool = True, cost_seconds_per_variant: float = 3.0) -> None:
+    def __init__(self, measure_cost: bool = True, cost_seconds_per_variant: float = 3.0,
+                 margin_points: float = 100 * EQUIVALENCE_MARGIN, plan_points: float = 100 * PLANNED_EFFECT) -> None:
         self.cost_seconds = cost_seconds_per_variant if measure_cost else None
+        self.decision = decision_from_points(margin_points, plan_points)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -377,10 +450,10 @@ class ComparisonReportCallback(Callback):
         try:
             results = collect_results([sweep_dir])
             try:
-                report = render_report(results, [sweep_dir], sweep_dir, self.cost_seconds)
+                report = render_report(results, [sweep_dir], sweep_dir, self.cost_seconds, self.decision)
             except Exception:
                 log.exception("could not measure the encodings' cost; the report is written without it")
-                report = render_report(results, [sweep_dir], sweep_dir)
+                report = render_report(results, [sweep_dir], sweep_dir, decision=self.decision)
         except Exception:
             log.exception("could not write the comparison report")
         if report is not None:
@@ -415,9 +488,20 @@ def main(argv=None) -> int:
     parser.add_argument("--no-wandb", action="store_true",
                         help="leave W&B alone (by default a single sweep folder's report run is resumed, in the "
                              "jobs' W&B mode)")
+    parser.add_argument("--margin", type=float, default=100 * EQUIVALENCE_MARGIN, metavar="POINTS",
+                        help=f"the equivalence margin declared before the runs, in points of accuracy (default "
+                             f"{100 * EQUIVALENCE_MARGIN:g}): TOST decides 'equivalent within ±POINTS'")
+    parser.add_argument("--plan", type=float, default=None, metavar="POINTS",
+                        help=f"print, per comparison, the paired seeds needed to detect POINTS (and to show "
+                             f"equivalence within the margin) at 80%% power after Holm; the report's table uses "
+                             f"POINTS too (default {100 * PLANNED_EFFECT:g})")
     args = parser.parse_args(argv)
     if args.output is None and len(args.dirs) > 1:
         parser.error("--output is required with more than one DIR")
+    try:
+        decision = decision_from_points(args.margin, 100 * PLANNED_EFFECT if args.plan is None else args.plan)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         results = collect_results(args.dirs)
     except ResultsNotFoundError as error:
@@ -425,7 +509,7 @@ def main(argv=None) -> int:
         return 2
     try:
         report = render_report(results, args.dirs, args.output or args.dirs[0],
-                               args.cost_seconds if args.measure_cost else None)
+                               args.cost_seconds if args.measure_cost else None, decision)
     except cost.CostFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -437,6 +521,8 @@ def main(argv=None) -> int:
         run_dir = report_wandb.log_report_run(logger, Path(args.dirs[0]), report)
         if run_dir is not None:
             print(f"comparison on W&B: run {run_dir}")
+    if args.plan is not None:
+        print(report_tables.plan_summary(report.comparison))
     print(f"report: {report.page} (tables and plots in {report.page.parent})")
     report_unreadable(results)
     return 0

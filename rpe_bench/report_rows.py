@@ -50,13 +50,28 @@ class VariantRow:
     final_val_acc_diff_ci95_high: Optional[float]
     p_value: Optional[float]
     p_value_holm: Optional[float]
+    # TOST against the declared margin, and its p after Holm over the report's equivalence tests.
+    tost_p_value: Optional[float]
+    tost_p_value_holm: Optional[float]
+    holm_level: Optional[float]  # the alpha of this comparison's Holm step
+    # Detectable at the Holm step's alpha (what the verdict could find), and at an unadjusted 0.05.
     final_val_acc_diff_min_detectable: Optional[float]
+    final_val_acc_diff_min_detectable_unadjusted: Optional[float]
+    test_df: Optional[float]
     final_val_acc_diff_unpaired: Optional[float]
     final_val_acc_diff_unpaired_ci95_low: Optional[float]
     final_val_acc_diff_unpaired_ci95_high: Optional[float]
     final_val_acc_diff_unpaired_min_detectable: Optional[float]
     final_val_acc_diff_ci_width_vs_unpaired: Optional[float]
     verdict: str
+    # The plan (paired rows only): the per-seed differences' SD and its one-sided 80% upper bound, and the paired
+    # seeds needed at Holm's first-step alpha to detect the planned effect, or to show equivalence, at 80% power.
+    paired_sd: Optional[float]
+    paired_sd_upper: Optional[float]
+    seeds_to_detect: Optional[int]
+    seeds_to_detect_upper: Optional[int]
+    seeds_for_equivalence: Optional[int]
+    seeds_for_equivalence_upper: Optional[int]
     # Image size -> (mean, std) of val acc over the runs that evaluated it.
     extrapolation: Dict[str, Tuple[Optional[float], Optional[float]]] = field(default_factory=dict)
 
@@ -99,6 +114,8 @@ class Comparison:
     # Decided once for every table and label: the coordinates are named only where the rows differ in them.
     shows_coordinates: bool
     coordinate_rows: List[CoordinatesRow] = field(default_factory=list)
+    margin: float = 0.005  # the declared equivalence margin (rpe_bench.compare.Decision), a fraction
+    planned_effect: float = 0.003
 
     @property
     def datasets(self) -> List[str]:

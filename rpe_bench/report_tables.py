@@ -8,7 +8,7 @@ from typing import Optional
 
 from rpe_bench.report_rows import Comparison, VariantRow
 from rpe_bench.results import RunResult, extrapolation_label
-from rpe_bench.statistics import EQUIVALENCE_MARGIN, SIGNIFICANCE_LEVEL
+from rpe_bench.statistics import SIGNIFICANCE_LEVEL
 
 EMPTY_CELL = "-"
 TOO_FEW_SEEDS = "too few seeds"
@@ -81,7 +81,8 @@ def difference_table(comparison: Comparison) -> tuple[list[str], list[list[str]]
     with_coordinates = comparison.shows_coordinates
     headers = variant_headers(with_coordinates) + [
         "test", "runs", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "unpaired 95% CI (Welch)",
-        "paired / unpaired CI width", "p", "p (Holm)", "detectable Δ (pp)", "unpaired detectable Δ (pp)", "verdict"]
+        "paired / unpaired CI width", "p", "p (Holm)", "TOST p (Holm)", "detectable Δ at Holm's α (pp)",
+        "detectable Δ at 0.05, unadjusted (pp)", "unpaired detectable Δ (pp)", "verdict"]
     cells = []
     for row in comparison.rows:
         if row.is_reference:
@@ -95,9 +96,36 @@ def difference_table(comparison: Comparison) -> tuple[list[str], list[list[str]]
                      row.final_val_acc_diff_unpaired_min_detectable is not None, signed=True),
             ratio(row.final_val_acc_diff_ci_width_vs_unpaired),
             number(row.p_value, digits=3), number(row.p_value_holm, digits=3),
-            number(row.final_val_acc_diff_min_detectable, scale=100),
+            number(row.tost_p_value_holm, digits=3), detectable_at_level(row),
+            number(row.final_val_acc_diff_min_detectable_unadjusted, scale=100),
             number(row.final_val_acc_diff_unpaired_min_detectable, scale=100), row.verdict,
         ])
+    return headers, cells
+
+
+def detectable_at_level(row: VariantRow) -> str:
+    """'2.51 (α 0.0038, 4 df)': the Holm step's alpha and the test's degrees of freedom beside it."""
+    if row.final_val_acc_diff_min_detectable is None:
+        return EMPTY_CELL
+    return (f"{100 * row.final_val_acc_diff_min_detectable:.2f} (α {row.holm_level:.2g}, "
+            f"{row.test_df:.3g} df)")
+
+
+def seeds(count: Optional[int]) -> str:
+    return EMPTY_CELL if count is None else str(count)
+
+
+def plan_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    with_coordinates = comparison.shows_coordinates
+    headers = variant_headers(with_coordinates) + [
+        "pairs", "paired SD (pp)", "SD, 80% upper bound (pp)",
+        f"seeds to detect ±{100 * comparison.planned_effect:g} pp", "with the SD's upper bound",
+        f"seeds to show equivalence within ±{100 * comparison.margin:g} pp", "with the SD's upper bound"]
+    cells = [variant_cells(row, with_coordinates) + [
+        row.test_runs or EMPTY_CELL, number(row.paired_sd, scale=100), number(row.paired_sd_upper, scale=100),
+        seeds(row.seeds_to_detect), seeds(row.seeds_to_detect_upper), seeds(row.seeds_for_equivalence),
+        seeds(row.seeds_for_equivalence_upper)]
+        for row in comparison.rows if row.paired_sd is not None]
     return headers, cells
 
 
@@ -136,7 +164,7 @@ def failure_table(failures: list[RunResult]) -> tuple[list[str], list[list[str]]
 def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[tuple[str, str, tuple]]:
     """(title, note, table) for each section; a table with no rows is shown as its note alone."""
     comparisons = sum(row.p_value_holm is not None for row in comparison.rows)
-    sizes = comparison.extrapolation_sizes
+    sizes, margin = comparison.extrapolation_sizes, f"±{100 * comparison.margin:g} pp"
     return [
         ("Validation accuracy and cost",
          "Final val acc over seeds; 95% CI from Student's t (\"too few seeds\" where it would reach outside "
@@ -152,11 +180,21 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. "
          f"p (Holm): adjusted over the {comparisons} comparisons in this report; higher or lower means p (Holm) < "
          f"{SIGNIFICANCE_LEVEL}, and \"before Holm's correction only\" that the 95% CI excludes 0 but the "
-         f"adjusted p does not. \"Equivalent within ±x\" only when the whole 95% CI lies within "
-         f"±{100 * EQUIVALENCE_MARGIN:g} pp and includes 0; otherwise a difference that is not significant is "
-         f"inconclusive, not absent. Detectable Δ: the true difference a two-sided test at "
-         f"{SIGNIFICANCE_LEVEL} finds with 80% probability, given these runs' spread.",
+         f"adjusted p does not. Equivalence margin, declared before the runs: {margin}. TOST p: two one-sided "
+         f"t-tests that |Δ| < {margin}, Holm-adjusted over the report's equivalence tests, a family of their own; "
+         f"\"equivalent within {margin}\" only when it is below {SIGNIFICANCE_LEVEL}. Otherwise a difference "
+         f"that is not significant is inconclusive, not absent. Detectable Δ at Holm's α: the true difference this "
+         f"comparison's test, at the α of its Holm step (given with the test's degrees of freedom), finds with "
+         f"80% probability given these runs' spread: what its verdict could have found; at 0.05, unadjusted, "
+         f"for reference only.",
          difference_table(comparison)),
+        ("Seeds a study needs",
+         f"From each paired comparison's per-seed differences: their SD and its one-sided 80% upper bound "
+         f"(chi-square), and the paired seeds at which a test at Holm's first-step α ({SIGNIFICANCE_LEVEL} / "
+         f"{comparisons}) detects a true ±{100 * comparison.planned_effect:g} pp with 80% probability, or TOST shows "
+         f"equivalence within {margin} with 80% probability when the true Δ is 0 (python -m rpe_bench.compare "
+         f"DIR --plan POINTS --margin POINTS).",
+         plan_table(comparison)),
         ("Extrapolation",
          "Val acc % (mean ± std over seeds) at each evaluated image size (frames resized, patch grid grown) and "
          "clip length (more frames over the same span)." if sizes
@@ -265,3 +303,12 @@ def terminal_summary(comparison: Comparison, warning: Optional[str]) -> str:
     widths = [max(len(line[index]) for line in table) for index in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
     return "\n".join(([f"Warning: {warning}"] if warning else []) + lines)
+
+
+def plan_summary(comparison: Comparison) -> str:
+    """The seeds-needed table for the terminal (compare --plan)."""
+    headers, cells = plan_table(comparison)
+    title = (f"Paired seeds needed (80% power, Holm's first-step alpha): to detect "
+             f"±{100 * comparison.planned_effect:g} pp, and to show equivalence within ±{100 * comparison.margin:g} "
+             f"pp")
+    return title + "\n" + (markdown_table(headers, cells) if cells else "no paired comparisons in these runs")

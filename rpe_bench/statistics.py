@@ -15,9 +15,11 @@ from scipy import optimize, stats
 CONFIDENCE_LEVEL = 0.95
 SIGNIFICANCE_LEVEL = 0.05
 POWER = 0.8
-# Equivalence is claimed only when the whole 95% CI of the difference lies within this margin: the effects in
-# question are about 1 point (the reference notebook's +1 to +2, the papers' +0.5 to +1.5).
-EQUIVALENCE_MARGIN = 0.01
+# The equivalence margin declared before the runs (compare --margin, in points): the effects in question are
+# about 1 point (the reference notebook's +1 to +2, the papers' +0.5 to +1.5), so half a point is "the same".
+EQUIVALENCE_MARGIN = 0.005
+# The effect --plan sizes a study for by default (compare --plan, in points).
+PLANNED_EFFECT = 0.003
 PAIRED, WELCH = "paired t", "Welch t"
 ACCURACY_BOUNDS, DIFFERENCE_BOUNDS = (0.0, 1.0), (-1.0, 1.0)
 
@@ -53,18 +55,22 @@ def mean_interval(values: Sequence[float]) -> Interval:
     return t_interval(mean, std / math.sqrt(len(values)), len(values) - 1, ACCURACY_BOUNDS)
 
 
-def min_detectable_difference(standard_error: float, df: float) -> float:
-    """The true |difference| that a two-sided t-test at level 0.05 finds with probability 0.8, given these runs'
-    standard error and degrees of freedom: lambda * SE, where lambda solves
-    P(|T| > t_crit) = 0.8 for T ~ noncentral t(df, lambda) and t_crit = t_(0.975, df)."""
-    critical = stats.t.ppf(1 - SIGNIFICANCE_LEVEL / 2, df)
+def two_sided_power(noncentrality: float, df: float, alpha: float) -> float:
+    """P(|T| > t_(1 - alpha/2, df)) for T ~ noncentral t(df, noncentrality)."""
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    # The lower tail P(T < -t_crit) as sf at -lambda, by symmetry: nct.cdf returns NaN far out in that tail.
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality))
+
+
+def min_detectable_difference(standard_error: float, df: float, alpha: float = SIGNIFICANCE_LEVEL) -> float:
+    """The true |difference| that a two-sided t-test at level `alpha` finds with probability 0.8, given these
+    runs' standard error and degrees of freedom: lambda * SE, where lambda solves
+    P(|T| > t_crit) = 0.8 for T ~ noncentral t(df, lambda) and t_crit = t_(1 - alpha/2, df)."""
 
     def power_gap(noncentrality: float) -> float:
-        # The lower tail P(T < -t_crit) as sf at -lambda, by symmetry: nct.cdf returns NaN far out in that tail.
-        power = stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality)
-        return power - POWER
+        return two_sided_power(noncentrality, df, alpha) - POWER
 
-    upper = critical + 1.0
+    upper = stats.t.ppf(1 - alpha / 2, df) + 1.0
     while power_gap(upper) < 0:
         upper *= 2
     return optimize.brentq(power_gap, 0.0, upper) * standard_error
@@ -94,6 +100,16 @@ class Difference:
     @property
     def min_detectable(self) -> float:
         return min_detectable_difference(self.standard_error, self.df)
+
+    def equivalence_p_value(self, margin: float) -> float:
+        """Two one-sided tests (TOST) of H0: |difference| >= margin: the larger of the two one-sided p-values,
+        p(difference <= -margin) from t = (mean + margin) / SE and p(difference >= margin) from
+        t = (mean - margin) / SE. Small only when the difference is shown to lie inside (-margin, margin)."""
+        if self.standard_error == 0:
+            return 0.0 if abs(self.mean) < margin else 1.0
+        below = stats.t.sf((self.mean + margin) / self.standard_error, self.df)
+        above = stats.t.cdf((self.mean - margin) / self.standard_error, self.df)
+        return float(max(below, above))
 
 
 def paired_difference(values: Dict[int, float], reference: Dict[int, float]) -> Optional[Difference]:
@@ -131,23 +147,69 @@ def holm_adjusted(p_values: Sequence[float]) -> List[float]:
     return adjusted
 
 
-def verdict(difference: Optional[Difference], adjusted_p: Optional[float], reference: str) -> str:
-    """Words that follow the numbers: a difference is 'higher'/'lower' when significant after Holm, 'higher'/
-    'lower' 'before Holm's correction only' when the 95% CI excludes 0 but the adjusted p does not, and
-    'equivalent' only when the whole 95% CI lies within the margin and includes 0; anything else is inconclusive,
-    never 'no difference'. A lead before the correction adds its bound ('by at most x pp') when the interval
-    lies within the margin: the difference may be nothing after the correction, and is small either way."""
+def holm_levels(p_values: Sequence[float]) -> List[float]:
+    """The level each comparison is tested at in Holm's step-down procedure: alpha / (m - k + 1) for the k-th
+    smallest p (its detectable difference at that level is what its verdict could have found)."""
+    levels = [0.0] * len(p_values)
+    for rank, index in enumerate(np.argsort(p_values, kind="stable")):
+        levels[index] = SIGNIFICANCE_LEVEL / (len(p_values) - rank)
+    return levels
+
+
+def verdict(difference: Optional[Difference], adjusted_p: Optional[float], reference: str,
+            equivalence_adjusted_p: Optional[float] = None, margin: float = EQUIVALENCE_MARGIN) -> str:
+    """Words that follow the numbers: 'higher'/'lower' when the difference test is significant after Holm;
+    'equivalent within ±margin' only when TOST against the margin declared before the runs rejects after Holm
+    over the report's equivalence tests (`equivalence_adjusted_p`); 'higher'/'lower' 'before Holm's correction
+    only' when the 95% CI excludes 0 but the adjusted p does not; anything else is inconclusive, never 'no
+    difference'."""
     if difference is None:
         return "n/a, too few seeds"
     direction = f"{'higher' if difference.mean > 0 else 'lower'} than {reference}"
     if adjusted_p < SIGNIFICANCE_LEVEL:
         return direction
-    interval = difference.interval
-    bound = None if interval is None else max(abs(end) for end in interval)
-    within_margin = bound is not None and bound <= EQUIVALENCE_MARGIN
+    if equivalence_adjusted_p is not None and equivalence_adjusted_p < SIGNIFICANCE_LEVEL:
+        return f"equivalent within ±{100 * margin:g} pp"
     if difference.p_value < SIGNIFICANCE_LEVEL:
-        return f"{direction} before Holm's correction only" + (f", by at most {100 * bound:.2f} pp"
-                                                                if within_margin else "")
-    if within_margin:
-        return f"equivalent within ±{100 * bound:.2f} pp"
+        return f"{direction} before Holm's correction only"
     return "inconclusive (not significant)"
+
+
+def sd_upper_bound(sd: float, df: float, confidence: float = POWER) -> float:
+    """One-sided upper confidence bound of a standard deviation estimated with df degrees of freedom
+    (chi-square): the spread a plan should allow for, since a few pilot seeds can underestimate it."""
+    return sd * math.sqrt(df / stats.chi2.ppf(1 - confidence, df))
+
+
+def seeds_to_detect(paired_sd: float, effect: float, alpha: float, most: int = 1000) -> Optional[int]:
+    """The fewest paired seeds n (>= 2) at which a two-sided paired t-test at level `alpha` finds a true
+    difference `effect` with probability 0.8, for per-seed differences of spread `paired_sd`; None beyond
+    `most`."""
+    if paired_sd == 0:
+        return 2
+    for seeds in range(2, most + 1):
+        if two_sided_power(effect * math.sqrt(seeds) / paired_sd, seeds - 1, alpha) >= POWER:
+            return seeds
+    return None
+
+
+def tost_power(paired_sd: float, seeds: int, margin: float, alpha: float, true_difference: float = 0.0) -> float:
+    """P(TOST rejects |difference| >= margin at level alpha) with `seeds` pairs: P(T1 > t_crit) + P(T2 < -t_crit)
+    - 1 for the two one-sided statistics, noncentral t each (a lower bound, exact as the spread estimate
+    settles)."""
+    df, standard_error = seeds - 1, paired_sd / math.sqrt(seeds)
+    critical = stats.t.ppf(1 - alpha, df)
+    upper = stats.nct.sf(critical, df, (true_difference + margin) / standard_error)
+    lower = stats.nct.sf(critical, df, (margin - true_difference) / standard_error)
+    return float(max(0.0, upper + lower - 1))
+
+
+def seeds_for_equivalence(paired_sd: float, margin: float, alpha: float, most: int = 1000) -> Optional[int]:
+    """The fewest paired seeds at which TOST shows equivalence within `margin` with probability 0.8 when the
+    true difference is 0; None beyond `most`."""
+    if paired_sd == 0:
+        return 2
+    for seeds in range(2, most + 1):
+        if tost_power(paired_sd, seeds, margin, alpha) >= POWER:
+            return seeds
+    return None

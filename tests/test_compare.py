@@ -202,9 +202,10 @@ def test_verdicts_follow_the_numbers(report):
     rows = summarize(collect_results([report.parent]))
     assert row_for(rows, "rope").verdict == "reference"
     assert row_for(rows, "cayley_dense").verdict == "higher than rope"
-    # Identical on every seed: a zero-width paired interval, so equivalence is shown, not assumed.
+    # Identical on every seed: a zero-width paired interval, so TOST shows equivalence within the margin.
     assert row_for(rows, "cayley_sparse", 0.5).p_value == 1.0
-    assert row_for(rows, "cayley_sparse", 0.5).verdict == "equivalent within ±0.00 pp"
+    assert row_for(rows, "cayley_sparse", 0.5).tost_p_value_holm == 0.0
+    assert row_for(rows, "cayley_sparse", 0.5).verdict == "equivalent within ±0.5 pp"
     assert row_for(rows, "cayley_sparse", 0.1).verdict == "n/a, too few seeds"
     lines = table_lines(markdown, "Difference from RoPE")
     assert set(lines) == {"cayley_dense | -", "cayley_sparse | 0.5", "cayley_sparse | 0.1"}
@@ -223,22 +224,84 @@ def test_not_significant_and_wide_is_inconclusive(tmp_path):
     assert row.verdict == "inconclusive (not significant)"
 
 
-@pytest.mark.parametrize("per_seed, adjusted_p, expected", [
+@pytest.mark.parametrize("per_seed, adjusted_p, equivalence_adjusted_p, expected", [
     # Ahead on every seed, CI [+0.30, +0.87] (MNIST's LieRE): the CI excludes 0, Holm's p does not; it says both.
-    ([0.0071, 0.0054, 0.0080, 0.0065, 0.0021], 0.056,
-     "higher than rope before Holm's correction only, by at most 0.87 pp"),
-    ([0.0075, 0.0113, 0.0113, 0.0060, 0.0041], 0.056, "higher than rope before Holm's correction only"),
-    ([-0.0743, -0.0519, -0.0751], 0.139, "lower than rope before Holm's correction only"),
-    ([-0.0019, 0.0050, 0.0021, 0.0024, 0.0046], 0.94, "equivalent within ±0.59 pp"),
-    ([0.0075, 0.0113, 0.0113, 0.0060, 0.0041], 0.03, "higher than rope"),
+    ([0.0071, 0.0054, 0.0080, 0.0065, 0.0021], 0.056, 0.8, "higher than rope before Holm's correction only"),
+    ([-0.0743, -0.0519, -0.0751], 0.139, 1.0, "lower than rope before Holm's correction only"),
+    # A CI of [-0.10, +0.59] used to read "equivalent within ±0.59 pp": TOST against ±0.5 pp does not reject.
+    ([-0.0019, 0.0050, 0.0021, 0.0024, 0.0046], 0.94, 0.31, "inconclusive (not significant)"),
+    ([-0.0010, 0.0012, 0.0003, -0.0004, 0.0001], 1.0, 0.004, "equivalent within ±0.5 pp"),
+    ([0.0075, 0.0113, 0.0113, 0.0060, 0.0041], 0.03, 1.0, "higher than rope"),
 ])
-def test_a_ci_that_excludes_zero_is_not_called_equivalent(per_seed, adjusted_p, expected):
+def test_equivalence_is_claimed_only_when_tost_rejects_after_holm(per_seed, adjusted_p, equivalence_adjusted_p,
+                                                                  expected):
     reference = {seed: 0.95 for seed in range(len(per_seed))}
     difference = statistics.paired_difference({seed: 0.95 + delta for seed, delta in enumerate(per_seed)},
                                               reference)
     low, high = difference.interval
     assert (low > 0 or high < 0) == (difference.p_value < 0.05)
-    assert statistics.verdict(difference, adjusted_p, "rope") == expected
+    assert statistics.verdict(difference, adjusted_p, "rope", equivalence_adjusted_p, margin=0.005) == expected
+
+
+def test_tost_is_the_larger_of_scipys_two_one_sided_t_tests():
+    """Hand-made paired differences against scipy's one-sided one-sample t-tests at -margin and +margin."""
+    deltas = np.array([0.0012, -0.0008, 0.0021, 0.0004, -0.0002, 0.0009])
+    difference = statistics.paired_difference({seed: 0.9 + delta for seed, delta in enumerate(deltas)},
+                                              {seed: 0.9 for seed in range(len(deltas))})
+    for margin in (0.001, 0.003, 0.005):
+        above = stats.ttest_1samp(deltas, -margin, alternative="greater").pvalue  # H0: Δ <= -margin
+        below = stats.ttest_1samp(deltas, margin, alternative="less").pvalue  # H0: Δ >= margin
+        assert difference.equivalence_p_value(margin) == pytest.approx(max(above, below), rel=1e-6)
+    assert difference.equivalence_p_value(0.005) < 0.05 < difference.equivalence_p_value(0.001)
+
+
+def test_holm_levels_are_alpha_over_the_comparisons_left_at_each_step():
+    assert statistics.holm_levels([0.01, 0.04, 0.03]) == pytest.approx([0.05 / 3, 0.05 / 1, 0.05 / 2])
+
+
+@pytest.mark.parametrize("effect, alpha", [(0.003, 0.05 / 13), (0.005, 0.05)])
+def test_the_seeds_a_plan_asks_for_detect_the_effect_80_percent_of_the_time(effect, alpha):
+    """Simulated paired studies of the planned size find the effect at Holm's level in about 80% of cases; one
+    seed fewer, in fewer."""
+    spread = 0.003
+    seeds = statistics.seeds_to_detect(spread, effect, alpha)
+    generator = np.random.default_rng(1)
+
+    def found(pairs: int) -> float:
+        deltas = generator.normal(effect, spread, size=(20_000, pairs))
+        return (stats.ttest_1samp(deltas, 0.0, axis=1).pvalue < alpha).mean()
+
+    assert found(seeds) >= 0.8 - 0.01 and found(seeds - 1) < 0.8 + 0.01
+    detectable = statistics.min_detectable_difference(spread / np.sqrt(seeds), seeds - 1, alpha)
+    assert detectable <= effect  # the same power calculation read the other way
+
+
+def test_the_seeds_a_plan_asks_for_show_equivalence_80_percent_of_the_time():
+    spread, margin, alpha = 0.003, 0.005, 0.05 / 10
+    seeds = statistics.seeds_for_equivalence(spread, margin, alpha)
+    generator = np.random.default_rng(2)
+    deltas = generator.normal(0.0, spread, size=(20_000, seeds))
+    mean, error = deltas.mean(axis=1), deltas.std(axis=1, ddof=1) / np.sqrt(seeds)
+    critical = stats.t.ppf(1 - alpha, seeds - 1)
+    shown = ((mean + margin) / error > critical) & ((mean - margin) / error < -critical)
+    assert shown.mean() >= 0.8 - 0.01  # the noncentral-t calculation is a lower bound
+
+
+def test_compare_plan_prints_the_seeds_each_comparison_needs(sweep, capsys):
+    assert main([str(sweep), "--no-wandb", "--plan", "0.3", "--margin", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "to detect ±0.3 pp, and to show equivalence within ±0.4 pp" in out
+    assert "| MNIST | cayley_dense | - | 3 pairs |" in out
+    markdown = (sweep / "comparison.md").read_text()
+    assert "Equivalence margin, declared before the runs: ±0.4 pp" in markdown and "## Seeds a study needs" in markdown
+
+
+@pytest.mark.parametrize("option", ["--margin", "--plan"])
+def test_a_margin_or_effect_out_of_range_is_refused(sweep, option, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main([str(sweep), "--no-wandb", option, "0"])
+    assert refused.value.code == 2
+    assert f"{option} 0 is out of range: allowed 0 <" in capsys.readouterr().err
 
 
 def test_an_interval_outside_0_to_100_reads_too_few_seeds(tmp_path):
@@ -409,7 +472,7 @@ def test_csv_reads_back_as_the_summary_rows(sweep, report):
 def test_plots_are_written_and_embedded_in_the_page(sweep, report):
     assert report == sweep / "report.html"
     page = report.read_text()
-    assert page.count("<table>") == 4
+    assert page.count("<table>") == 5  # accuracy, difference, seeds needed, extrapolation, failures
     for name in PLOTS:
         png = (sweep / name).read_bytes()
         assert png.startswith(b"\x89PNG")
@@ -654,3 +717,16 @@ def test_each_encoding_is_compared_with_itself_under_flat_coordinates_on_paired_
 
 def test_a_report_without_other_coordinates_has_no_coordinates_section(report):
     assert "## Coordinates" not in report.with_name("comparison.md").read_text()
+
+
+def test_the_sweeps_report_callback_takes_the_declared_margin(sweep):
+    from omegaconf import OmegaConf
+    callback = ComparisonReportCallback(measure_cost=False, margin_points=0.25, plan_points=0.2)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "logger": {"mode": "disabled"}})
+    with pytest.raises(SystemExit):  # the fixture's sweep holds a failed job
+        callback.on_multirun_end(config)
+    markdown = (sweep / "comparison.md").read_text()
+    assert "Equivalence margin, declared before the runs: ±0.25 pp" in markdown
+    assert "seeds to detect ±0.2 pp" in markdown
+    configured = compose_config(return_hydra_config=True).hydra.callbacks.comparison_report
+    assert (configured.margin_points, configured.plan_points) == (0.5, 0.3)
