@@ -160,6 +160,8 @@ class TrainerConfig:
     # Extrapolation (sizes and clip lengths) on the first N test batches only (the same images for every run);
     # null: as val.
     limit_extrapolation_batches: Optional[int] = None
+    # A limited evaluation reads a class-stratified subset drawn from this seed alone, the same for every run.
+    evaluation_subset_seed: int = 0
     inference_timing_batches: int = 10
     resume: bool = True
 

@@ -24,6 +24,7 @@ constructor, once. Each pass draws the order, crop offsets and flips for the who
 (on the generator's device), so a CPU generator with a given seed gives the same batches on CPU and GPU;
 under DDP, shard=(rank, world_size) hands each process its share of those same batches.
 """
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -138,7 +139,7 @@ def decode_image_file(path: str, image_size: int, channels: int) -> np.ndarray:
             image = image if image.mode == mode else image.convert(mode)
             if image.size != (image_size, image_size):  # Pillow's bilinear antialiases, as resize_batch does
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(image).reshape(image_size, image_size, channels)
+            return np.array(image).reshape(image_size, image_size, channels)  # writable, for torch.from_numpy
     except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for truncated or foreign files
         raise DatasetError(f"image {path} cannot be decoded ({one_line(error)}): replace it, or move it out "
                            f"of the folder") from None
@@ -233,6 +234,30 @@ def load_splits(name: str, root: str, download: bool, image_size: int,
         raise ValueError(f"channels={channels}: allowed 1 or 3")
     splits = LOADERS[name](os.path.expanduser(root), download, image_size, channels)
     return tuple(ImageTensors(conform(split.images, image_size, channels), split.labels) for split in splits)
+
+
+def stratified_subset(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """`count` indices (ascending) whose classes keep the split's proportions: a random order from a generator
+    of `seed` alone, each index ranked by its place within its class over the class's size, the `count`
+    smallest ranks kept. The same labels, count and seed give the same subset on every machine and run."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    classes, inverse, sizes = torch.unique(shuffled, return_inverse=True, return_counts=True)
+    place = torch.zeros(len(labels), dtype=torch.float64)
+    for index in range(len(classes)):  # rank within the class, in the random order
+        members = (inverse == index).nonzero().squeeze(1)
+        place[members] = torch.arange(len(members), dtype=torch.float64) / sizes[index]
+    # Stable: ties (equal fractions of different classes) go by the random order.
+    kept = torch.argsort(place, stable=True)[:count]
+    return order[kept].sort().values
+
+
+def split_subset(data, indices: torch.Tensor):
+    """The samples at `indices` of a split held in memory (ImageTensors) or left on disk (ImageFiles and
+    rpe_bench.video.ClipFiles)."""
+    if isinstance(data, ImageTensors):
+        return ImageTensors(data.images[indices], data.labels[indices])
+    return dataclasses.replace(data, samples=[data.samples[index] for index in indices.tolist()])
 
 
 def crop_and_flip(images: torch.Tensor, padding: int, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

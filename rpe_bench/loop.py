@@ -1,10 +1,12 @@
 """One training epoch and one evaluation pass, with the batches and the learning-rate schedule they use."""
+import hashlib
 import logging
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,8 @@ from tqdm import tqdm
 
 from rpe_bench import distributed
 from rpe_bench.checkpoint import CHECKPOINT_NAME
-from rpe_bench.data import Augment, BatchIterator, ImageTensors, StreamingBatchIterator
+from rpe_bench.data import (Augment, BatchIterator, ImageTensors, StreamingBatchIterator, split_subset,
+                            stratified_subset)
 from rpe_bench.launching import usable_cores
 from rpe_bench.results import EpochRecord
 
@@ -29,22 +32,45 @@ class TrainingDiverged(RuntimeError):
         return cls(f"training loss is {loss} at {where}; stopped: {kept}")
 
 
+def evaluation_subset(cfg, data, limit_batches: Optional[int]) -> Optional[tuple[torch.Tensor, dict]]:
+    """A limited evaluation's images: (indices, their record for results.json), or None for the whole split.
+    Not the first N batches: a folder lists its test images class by class, so those would be a class or two.
+    A class-stratified subset of N batches' worth, drawn from trainer.evaluation_subset_seed alone, the same
+    for every run."""
+    count = None if limit_batches is None else limit_batches * cfg.trainer.batch_size
+    if count is None or count >= len(data.labels):
+        return None
+    seed = cfg.trainer.evaluation_subset_seed
+    indices = stratified_subset(data.labels, count, seed)
+    classes, counts = torch.unique(data.labels[indices], return_counts=True)
+    return indices, {"seed": seed, "images": count, "of": len(data.labels),
+                     "per_class": {str(int(label)): int(number) for label, number in zip(classes, counts)},
+                     "indices_sha256": hashlib.sha256(indices.numpy().tobytes()).hexdigest()}
+
+
 def batches_for(cfg, data, device, split: str, image_size: int | None = None,
                 shard: tuple[int, int] = (0, 1), limit_batches: int | None = None) -> BatchIterator:
     """Batches of the "train" split (shuffled and augmented from the generator set each epoch) or of the "test"
     split (in order; the notebook's val metrics are measured on it), resized to `image_size` for resolution
     extrapolation. Under DDP each process takes its `shard` (rank, world size) of
-    every batch. `limit_batches` overrides the trainer's train/val limit."""
+    every batch. `limit_batches` overrides the trainer's train/val limit; a limited test split is its
+    class-stratified subset (evaluation_subset), recorded on the iterator as `evaluation_subset`."""
     augment, train = cfg.dataset.augment, split == "train"
     if limit_batches is None:
         limit_batches = cfg.trainer.limit_train_batches if train else cfg.trainer.limit_val_batches
+    subset = None if train else evaluation_subset(cfg, data, limit_batches)
+    if subset is not None:
+        data, limit_batches = split_subset(data, subset[0]), None
     options = dict(batch_size=cfg.trainer.batch_size, shuffle=train, generator=None, device=device,
                    mean=list(cfg.dataset.mean), std=list(cfg.dataset.std),
                    augment=Augment(augment.random_crop_padding, augment.horizontal_flip) if train else None,
                    limit_batches=limit_batches, output_size=image_size, shard=shard)
     if not isinstance(data, ImageTensors):  # files left on disk: images or clips
-        return StreamingBatchIterator(data, workers=streaming_workers(cfg), **options)
-    return BatchIterator(data, **options)
+        batches = StreamingBatchIterator(data, workers=streaming_workers(cfg), **options)
+    else:
+        batches = BatchIterator(data, **options)
+    batches.evaluation_subset = None if subset is None else subset[1]
+    return batches
 
 
 def streaming_workers(cfg) -> int:

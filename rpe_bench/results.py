@@ -133,6 +133,10 @@ class RunResult:
     peak_memory_mb: Optional[float] = None
     history: List[EpochRecord] = field(default_factory=list)
     extrapolation: Dict[str, ExtrapolationRecord] = field(default_factory=dict)
+    # The class-stratified subsets a limited evaluation read ("val", "extrapolation": seed, images, of, per_class,
+    # indices_sha256); empty where the whole test split was read, and in records made before subsets existed
+    # (those read the first N test batches).
+    evaluation_subsets: Dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     # Where the record was read from; not part of the file.
     folder: Optional[str] = field(default=None, compare=False, repr=False)

@@ -24,7 +24,7 @@ from rpe_bench.config import CONF_DIR, ConfigError, register_configs, validate
 from rpe_bench.data import DatasetError
 from rpe_bench.failures import record_failure
 from rpe_bench.launching import loader_choice
-from rpe_bench.loop import Training, batches_for, scheduler_for, train_epoch
+from rpe_bench.loop import Training, batches_for, evaluation_subset, scheduler_for, train_epoch
 from rpe_bench.measure import extrapolation, inference_ms_per_batch, peak_memory_mb, reset_peak_memory
 from rpe_bench.model import build_model, count_parameters, parameter_groups
 from rpe_bench.numerics import autocast_for, set_tf32
@@ -149,7 +149,18 @@ def measure_trained(cfg, training: Training, test_data, history: list[EpochRecor
                                                            training.autocast, training.device,
                                                            compiled=cfg.trainer.compile),
         extrapolation=extrapolation(cfg, training.model, test_data, training.autocast, training.device),
-        num_parameters=count_parameters(training.model), peak_memory_mb=peak_memory_mb(training.device))
+        num_parameters=count_parameters(training.model), peak_memory_mb=peak_memory_mb(training.device),
+        evaluation_subsets=evaluation_subsets(cfg, training, test_data))
+
+
+def evaluation_subsets(cfg, training: Training, test_data) -> dict:
+    """What the limited evaluations read, for the record (rpe_bench.loop.evaluation_subset)."""
+    subsets = {"val": training.test_batches.evaluation_subset}
+    if cfg.dataset.extrapolation_sizes or cfg.dataset.get("extrapolation_frames"):
+        found = evaluation_subset(cfg, test_data, cfg.trainer.limit_extrapolation_batches
+                                  or cfg.trainer.limit_val_batches)
+        subsets["extrapolation"] = found and found[1]
+    return {name: subset for name, subset in subsets.items() if subset is not None}
 
 
 def parallel_jobs() -> int:
