@@ -50,6 +50,15 @@ class Coordinates(str, Enum):
     grid = "grid"  # integer patch indices: a larger image puts patches beyond the trained range
     normalized = "normalized"  # the training grid's span: a larger image gets finer spacing inside it
     flat = "flat"  # one axis, the patch's row-major index: the reference notebook's 1D formulation
+    # Fractions of the image, patch centres (i + 1/2) / W on a grid W wide: ComRoPE's units (and LieRE's, up to
+    # its endpoints i / (W - 1)); a larger image gets finer spacing inside [0, 1].
+    fraction = "fraction"
+
+
+class ClsPosition(str, Enum):
+    """Where the CLS token sits for the rotary encodings."""
+    origin = "origin"  # the identity rotation (RoPE-ViT, LieRE; ours by default)
+    centre = "centre"  # the centre of the patch grid, rotated like a patch there (ComRoPE)
 
 
 class WandbMode(str, Enum):
@@ -131,6 +140,7 @@ class PosConfig:
     # Passed to rpe_bench.pos.build; each encoding refuses options it does not know.
     options: Dict[str, Any] = field(default_factory=dict)
     coordinates: Coordinates = Coordinates.grid
+    cls_position: ClsPosition = ClsPosition.origin
     coordinate_augmentation: CoordinateAugmentationConfig = field(default_factory=CoordinateAugmentationConfig)
 
 
@@ -260,6 +270,10 @@ def validate(cfg) -> None:
     augmentation = cfg.pos.coordinate_augmentation
     augmented = [name for name, value in augmentation.items() if value is not None]
     axes = position_axes(cfg.pos.coordinates, dataset.frames)
+    if augmented and Coordinates(cfg.pos.coordinates) is Coordinates.fraction:
+        refuse(f"pos.coordinate_augmentation.{augmented[0]} moves patches in training-grid units, and "
+               f"pos.coordinates=fraction measures the image in [0, 1]: allowed with pos.coordinates=grid or "
+               f"normalized")
     if augmented and axes != 2:
         refuse(f"pos.coordinate_augmentation.{augmented[0]} needs (x, y) coordinates, and "
                f"pos.coordinates={Coordinates(cfg.pos.coordinates).value} on dataset={dataset.name} gives {axes} "

@@ -11,20 +11,24 @@ import torch
 from torch import nn
 
 
-def axis_positions(size: int, training_size: Optional[int], device=None) -> torch.Tensor:
-    """One axis's positions (see patch_coordinates): indices, or their place in the training span."""
+def axis_positions(size: int, training_size: Optional[int], device=None, fraction: bool = False) -> torch.Tensor:
+    """One axis's positions (see patch_coordinates): indices, their place in the training span, or (fraction)
+    the patch centres' place in the image, (i + 1/2) / size."""
     index = torch.arange(size, device=device, dtype=torch.float32)
+    if fraction:
+        return (index + 0.5) / size
     return index if training_size is None else (index + 0.5) * (training_size / size) - 0.5
 
 
 def grid_coordinates(grid: Sequence[int], training_grid: Optional[Sequence[int]] = None,
-                     device=None) -> torch.Tensor:
+                     device=None, fraction: bool = False) -> torch.Tensor:
     """(1 + prod(grid), D) positions of a token grid (height, width) or (frames, height, width), the CLS token
     first at the origin, then the tokens in row-major order; columns (x, y) for images and (t, x, y) for clips.
-    `training_grid`: the grid of the same rank the model trained on, under `normalized` (see patch_coordinates)."""
+    `training_grid`: the grid of the same rank the model trained on, under `normalized` (see patch_coordinates);
+    `fraction`: in fractions of the image (and of the clip's length) instead of patches."""
     training_grid = training_grid or (None,) * len(grid)
-    axes = torch.meshgrid(*(axis_positions(size, trained, device) for size, trained in zip(grid, training_grid)),
-                          indexing="ij")
+    axes = torch.meshgrid(*(axis_positions(size, trained, device, fraction)
+                            for size, trained in zip(grid, training_grid)), indexing="ij")
     *leading, ys, xs = (axis.flatten() for axis in axes)
     tokens = torch.stack([*leading, xs, ys], dim=1)
     return torch.cat([tokens.new_zeros(1, len(grid)), tokens])
@@ -106,3 +110,11 @@ class CoordinateAugmentation(nn.Module):
 
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state.cpu())  # a checkpoint loaded onto a GPU moved the state there
+
+
+def cls_at_centre(coords: torch.Tensor) -> torch.Tensor:
+    """CLS moved from the origin to the centre of the patches' positions on each axis (ComRoPE's placement:
+    0.5 in fractions of the image), where it is rotated like a patch would be."""
+    patches = coords[1:]
+    centre = (patches.amin(dim=0) + patches.amax(dim=0)) / 2
+    return torch.cat([centre[None], patches])

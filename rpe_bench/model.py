@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rpe_bench import pos as position_encodings
-from rpe_bench.config import Coordinates, position_axes
-from rpe_bench.coordinates import CoordinateAugmentation, flat_coordinates, grid_coordinates
+from rpe_bench.config import ClsPosition, Coordinates, position_axes
+from rpe_bench.coordinates import CoordinateAugmentation, cls_at_centre, flat_coordinates, grid_coordinates
 from rpe_bench.numerics import autocast_off
 from rpe_bench.pos.base import PositionEncoding
 
@@ -115,11 +115,13 @@ class VisionTransformer(nn.Module):
     def __init__(self, shape: VitShape, encoding: str, encoding_options: Dict[str, Any] | None = None,
                  absolute_table: bool = False, seed: Optional[int] = None,
                  coordinates: Coordinates = Coordinates.grid,
-                 coordinate_augmentation: Optional[CoordinateAugmentation] = None):
+                 coordinate_augmentation: Optional[CoordinateAugmentation] = None,
+                 cls_position: ClsPosition = ClsPosition.origin):
         super().__init__()
         self.shape = shape
         self.grid_size = shape.image_size // shape.patch_size
         self.coordinates = Coordinates(coordinates)
+        self.cls_position = ClsPosition(cls_position)
         self.coordinate_augmentation = coordinate_augmentation
         head_dim = shape.emb_dim // shape.num_heads
         if shape.frames is None:
@@ -179,14 +181,17 @@ class VisionTransformer(nn.Module):
         grid (height, width) or (tubelets, height, width), relative to the training grid; augmented in training
         mode only, by `coordinate_draw` or else a draw made here."""
         if self.coordinates is Coordinates.flat:
-            return flat_coordinates(*grid, device=device)
-        training_grid = self.shape.token_grid if self.coordinates is Coordinates.normalized else None
-        coords = grid_coordinates(grid, training_grid, device=device)
-        if self.training and self.coordinate_augmentation is not None:
+            coords = flat_coordinates(*grid, device=device)
+        else:
+            training_grid = self.shape.token_grid if self.coordinates is Coordinates.normalized else None
+            coords = grid_coordinates(grid, training_grid, device=device,
+                                      fraction=self.coordinates is Coordinates.fraction)
+        # The augmentation moves (x, y) in training-grid units (flat positions are refused it by the config).
+        if self.training and self.coordinate_augmentation is not None and coords.shape[1] == 2:
             if coordinate_draw is None:
                 coordinate_draw = self.coordinate_augmentation.draw(coords.device)
             coords = self.coordinate_augmentation(coords, self.grid_size, coordinate_draw)
-        return coords
+        return cls_at_centre(coords) if self.cls_position is ClsPosition.centre else coords
 
     def forward_features(self, images: torch.Tensor, coordinate_draw: Optional[torch.Tensor] = None) -> torch.Tensor:
         patches = self.patch_embedding(images)
@@ -253,4 +258,5 @@ def build_model(cfg) -> VisionTransformer:
         if any(value is not None for value in augmentation.values()) else None)
     return VisionTransformer(shape, cfg.pos.name, dict(cfg.pos.options), absolute_table=cfg.pos.absolute_table,
                              seed=cfg.seed, coordinates=cfg.pos.coordinates,
-                             coordinate_augmentation=coordinate_augmentation)
+                             coordinate_augmentation=coordinate_augmentation,
+                             cls_position=cfg.pos.get("cls_position", ClsPosition.origin))

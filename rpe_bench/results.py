@@ -66,7 +66,7 @@ class RunConfigRecord:
             emb_dim=cfg.model.emb_dim, depth=cfg.model.depth, n_heads=cfg.model.num_heads,
             batch_size=cfg.trainer.batch_size, epochs=cfg.trainer.epochs, lr=cfg.trainer.lr,
             weight_decay=cfg.trainer.weight_decay, f_sparse=cfg.sparsity.f if "f" in cfg.pos.options else None,
-            seed=cfg.seed, coordinates=str(_enum_value(cfg.pos.get("coordinates", "grid"))),
+            seed=cfg.seed, coordinates=coordinates_label(cfg.pos),
             dataset_display_name=cfg.dataset.get("display_name"), frames=frames,
             tubelet_frames=cfg.dataset.get("tubelet_frames") if frames is not None else None,
             position_axes=list(axis_names(axes)), rotation_pairs_per_axis=None if sections is None else list(sections))
@@ -198,6 +198,14 @@ EPOCH_FIELDS = tuple(item.name for item in dataclasses.fields(EpochRecord))
 def extrapolation_metric(size: str) -> str:
     """The W&B summary key of the accuracy at one extrapolation size: results.json's path to it."""
     return f"extrapolation/{size}/val_acc"
+
+
+def coordinates_label(position) -> str:
+    """pos.coordinates, and where CLS sits when not at the origin ("fraction, CLS at centre"): runs that differ
+    in either are different variants in a report."""
+    label = str(_enum_value(position.get("coordinates", "grid")))
+    cls_position = str(_enum_value(position.get("cls_position", "origin")))
+    return label if cls_position == "origin" else f"{label}, CLS at {cls_position}"
 
 
 def _enum_value(value):

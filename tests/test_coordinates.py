@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rpe_bench import pos
-from rpe_bench.config import Coordinates, position_axes
+from rpe_bench.config import ClsPosition, ConfigError, Coordinates, position_axes, validate
 from rpe_bench.coordinates import CoordinateAugmentation, patch_coordinates
 from rpe_bench.model import VisionTransformer, VitShape, build_model
 from tests.helpers import compose_config, read_results, run_training
@@ -54,8 +54,10 @@ def test_models_with_either_convention_differ_at_a_larger_resolution():
     assert not torch.allclose(model()(images), model(coordinates=Coordinates.normalized)(images), atol=1e-4)
 
 
-# The conventions with (x, y) positions, which the augmentation moves; `flat` has one axis.
-TWO_AXES = [coordinates for coordinates in Coordinates if position_axes(coordinates) == 2]
+# The conventions in training-grid units with (x, y) positions, which the augmentation moves; `flat` has one axis
+# and `fraction` other units.
+TWO_AXES = [coordinates for coordinates in Coordinates
+            if position_axes(coordinates) == 2 and coordinates is not Coordinates.fraction]
 
 
 @pytest.mark.parametrize("coordinates, name", [
@@ -138,3 +140,29 @@ def test_a_run_with_normalized_coordinates_evaluates_the_extrapolation_sizes(mon
     assert results["status"] == "completed"
     assert set(results["extrapolation"]) == {"12", "16"}
     assert all(0 <= result["val_acc"] <= 1 and result["images"] > 0 for result in results["extrapolation"].values())
+
+
+def test_fraction_coordinates_are_patch_centres_in_the_image_and_cls_can_sit_at_the_centre():
+    shape = VitShape(image_size=16, patch_size=4, channels=1, num_classes=3, emb_dim=32, depth=1, num_heads=2)
+    vit = VisionTransformer(shape, "comrope_ap", pos.configured_defaults("comrope_ap"),
+                            coordinates=Coordinates.fraction, cls_position=ClsPosition.centre)
+    coords = vit.token_coordinates(4, 4)
+    assert torch.equal(coords[1:, 0].unique(), torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    assert torch.equal(coords[0], torch.tensor([0.5, 0.5]))  # ComRoPE's CLS
+    larger = vit.token_coordinates(8, 8)  # a larger image: finer spacing inside [0, 1]
+    assert larger[1:].min() == 1 / 16 and larger[1:].max() == 15 / 16 and torch.equal(larger[0], coords[0])
+    grid = VisionTransformer(shape, "rope", pos.configured_defaults("rope"), cls_position=ClsPosition.centre)
+    assert torch.equal(grid.token_coordinates(4, 4)[0], torch.tensor([1.5, 1.5]))
+
+
+def test_cls_placement_and_units_separate_variants_in_the_record():
+    from rpe_bench.results import RunConfigRecord
+    cfg = compose_config("pos=comrope_ap", "pos.coordinates=fraction", "pos.cls_position=centre")
+    assert RunConfigRecord.from_cfg(cfg).coordinates == "fraction, CLS at centre"
+    assert RunConfigRecord.from_cfg(compose_config()).coordinates == "grid"
+
+
+def test_the_augmentation_is_refused_in_fractions_of_the_image():
+    with pytest.raises(ConfigError, match="pos.coordinate_augmentation.shift moves patches in training-grid units, "
+                                          "and pos.coordinates=fraction"):
+        validate(compose_config("pos.coordinates=fraction", "pos.coordinate_augmentation.shift=0.1"))

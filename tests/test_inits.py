@@ -56,9 +56,9 @@ def test_init_rope_rotates_q_exactly_as_rope_does_and_the_default_does_not(encod
 
 @pytest.mark.parametrize("encoding, options, message", [
     ("circulant", {"init": "rope"}, "init='rope' is not allowed for circulant (its generators are circulant: their "
-                                    "rotating planes are fixed Fourier modes, never RoPE's channel pairs): allowed "
-                                    "spectral"),
-    ("liere", {"init": "reference"}, "init='reference' is not allowed for liere: allowed spectral, rope"),
+                                    "rotating planes are fixed Fourier modes, never RoPE's channel pairs; and it "
+                                    "has no public reference code to start as): allowed spectral"),
+    ("liere", {"init": "paper"}, "init='paper' is not allowed for liere: allowed spectral, rope, reference"),
     ("comrope_ap", {"init": "rope", "axes": 3}, "init='rope' is not allowed for comrope_ap with block_size=8 over "
                                                 "3 axes: its blocks give the axes [8, 4, 4] pairs and axial RoPE "
                                                 "[6, 5, 5]"),
@@ -102,3 +102,23 @@ def test_constant_buffers_are_built_in_the_modules_dtype_not_widened_from_float3
         assert (single.double() @ single.double().T - identity).abs().max() > 1e3 * torch.finfo(torch.float64).eps
     assert not torch.equal(double, single.double())
     assert torch.equal(getattr(encoding.float(), buffer), single)  # and back, bit for bit
+
+
+def test_init_reference_starts_each_encoding_as_its_reference_code_does():
+    generator = torch.Generator().manual_seed(0)
+    options = {"head_dim": 64, "num_heads": 4, "generator": generator}
+    liere = pos.build("liere", **options, **{**pos.configured_defaults("liere"), "init": "reference"})
+    entries = liere.skew_entries.detach()
+    assert entries.min() >= 0 and entries.max() < 2 * torch.pi  # LieRE: uniform in [0, 2 pi)
+    assert abs(entries.mean().item() - torch.pi) < 0.1
+    ap = pos.build("comrope_ap", **options, **{**pos.configured_defaults("comrope_ap"), "init": "reference"})
+    # ComRoPE: B = F - F^T with F ~ N(0, 1), so each free entry ~ N(0, 2).
+    assert abs(ap.skew_entries.detach().std().item() - 2 ** 0.5) < 0.1
+    ld = pos.build("comrope_ld", **options, **{**pos.configured_defaults("comrope_ld"), "init": "reference"})
+    scales = ld.scales.detach()
+    assert torch.equal(scales, scales[:, :1].expand_as(scales))  # one multiplier per (axis, block), every head
+    mixed = pos.build("rope_mixed", head_dim=64, num_heads=4, generator=torch.Generator().manual_seed(1),
+                      **{**pos.configured_defaults("rope_mixed"), "init": "reference"})
+    spectral = pos.build("rope_mixed", head_dim=64, num_heads=4, generator=torch.Generator().manual_seed(1),
+                         **pos.configured_defaults("rope_mixed"))
+    assert torch.equal(mixed.frequencies(), spectral.frequencies())  # rope-vit's own init is the default

@@ -60,7 +60,8 @@ class CirculantString(RotaryEncoding):
     def __init__(self, head_dim: int, num_heads: int, rope_base: float = 10.0, init: str = SPECTRAL,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
         check_init("circulant", init, (SPECTRAL,), why=" (its generators are circulant: their rotating planes are "
-                                                      "fixed Fourier modes, never RoPE's channel pairs)")
+                                                      "fixed Fourier modes, never RoPE's channel pairs; and it has "
+                                                      "no public reference code to start as)")
         self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
         super().__init__(head_dim, num_heads)
         rotating = head_dim // 2 - 1

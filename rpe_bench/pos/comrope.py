@@ -18,8 +18,19 @@ from torch import nn
 from rpe_bench.pos import register
 from rpe_bench.pos.lie import (BlockLieEncoding, matrix_exponential, pair_skew_entries, skew_symmetric,
                                spectral_skew_entries)
-from rpe_bench.pos.rotary import (ROPE, SPECTRAL, axial_pairs, axial_sections, check_init, random_frames,
+from rpe_bench.pos.rotary import (REFERENCE, ROPE, SPECTRAL, axial_pairs, axial_sections, check_init, random_frames,
                                  section_frequencies)
+
+
+# ComRoPE's own init (init=reference): B_j = F - F^T with F's entries N(0, REFERENCE_INIT_STD^2), its default.
+REFERENCE_INIT_STD = 1.0
+
+
+def reference_skew_entries(num_heads: int, blocks: int, size: int, generator) -> torch.Tensor:
+    """ComRoPE's B_j = F - F^T, F ~ N(0, 1) entrywise, as strictly-upper entries (heads, blocks, b (b - 1) / 2)."""
+    free = torch.randn(num_heads, blocks, size, size, generator=generator) * REFERENCE_INIT_STD
+    rows, cols = torch.triu_indices(size, size, offset=1)
+    return (free - free.transpose(-1, -2))[..., rows, cols]
 
 
 class ComRope(BlockLieEncoding):
@@ -48,11 +59,12 @@ class ComRopeAxisPartition(ComRope):
     its blocks hold), in a random rotation of each block; at b = 2 over (x, y) exactly axial RoPE with the pairs
     (2n, 2n + 1) alternating between x and y. That is init=spectral; init=rope is axial RoPE of rope_base
     exactly: the blocks of axis i hold its section's RoPE pairs in order (lay_out_pairs), which needs each
-    section to fill its blocks (16 pairs in blocks of 4 over (x, y): yes; over (t, x, y), 6, 5, 5 pairs: no)."""
+    section to fill its blocks (16 pairs in blocks of 4 over (x, y): yes; over (t, x, y), 6, 5, 5 pairs: no).
+    init=reference is ComRoPE's own (reference_skew_entries), for positions in [0, 1] (pos.coordinates=fraction)."""
 
     def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
-        check_init("comrope_ap", init, (SPECTRAL, ROPE))
+        check_init("comrope_ap", init, (SPECTRAL, ROPE, REFERENCE))
         super().__init__(head_dim, num_heads, block_size)
         if self.num_blocks < axes:
             allowed = [size for size in range(2, head_dim // axes + 1, 2) if head_dim % size == 0]
@@ -67,8 +79,10 @@ class ComRopeAxisPartition(ComRope):
         frequencies = torch.stack([per_axis[block % axes][block // axes] for block in range(self.num_blocks)])
         if init == SPECTRAL:
             entries = spectral_skew_entries(frequencies.expand(num_heads, -1, -1), generator)
-        else:
+        elif init == ROPE:
             entries = self.rope_layout(head_dim, block_size, rope_base, axes, blocks_per_axis, num_heads)
+        else:
+            entries = reference_skew_entries(num_heads, self.num_blocks, block_size, generator)
         self.skew_entries = nn.Parameter(entries)
         serving = torch.stack([(axis_of_block == axis).float() for axis in range(axes)])
         self.register_buffer("serving", serving[:, None], persistent=False)
@@ -101,14 +115,21 @@ class ComRopeLinearDependence(ComRope):
     RoPE-Mixed's init, with the pairs (2n, 2n + 1). With one block (b = head dim) every pair follows the same
     direction c: R depends on c . r alone, a limit of the method, not of the init. That is init=spectral;
     init=rope is axial RoPE of rope_base exactly: blocks over whole RoPE pairs (lay_out_pairs), each B_j with its
-    pairs' axial frequencies and c one-hot on their axis, which needs no block to straddle two axes' sections."""
+    pairs' axial frequencies and c one-hot on their axis, which needs no block to straddle two axes' sections.
+    init=reference is ComRoPE's own (reference_skew_entries, multipliers N(0, 1)), for positions in [0, 1] of the
+    image (pos.coordinates=fraction)."""
 
     def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
-        check_init("comrope_ld", init, (SPECTRAL, ROPE))
+        check_init("comrope_ld", init, (SPECTRAL, ROPE, REFERENCE))
         super().__init__(head_dim, num_heads, block_size)
         if init == ROPE:
             self.start_as_rope(head_dim, num_heads, block_size, rope_base, axes)
+            return
+        if init == REFERENCE:  # ComRoPE's: B_j as for AP, multipliers N(0, 1), one per (axis, block) for all heads
+            self.skew_entries = nn.Parameter(reference_skew_entries(num_heads, self.num_blocks, block_size, generator))
+            scales = torch.randn(axes, 1, self.num_blocks, generator=generator)
+            self.scales = nn.Parameter(scales.expand(-1, num_heads, -1).clone())
             return
         sections = axial_sections(head_dim, axes)
         magnitudes = torch.cat([section_frequencies(pairs, rope_base) for pairs in sections])

@@ -5,6 +5,7 @@ A_x and A_y need not commute, so R(r_q)^T R(r_k) is not R(r_k - r_q): LieRE is t
 whose logits depend on absolute positions. Every 2 x 2 skew matrix is a multiple of J, so at block_size 2 the
 generators always commute and LieRE is RoPE-Mixed reparameterised.
 """
+import math
 from typing import Optional
 
 import torch
@@ -14,7 +15,7 @@ from rpe_bench.pos import register
 from rpe_bench.pos.lie import (BlockLieEncoding, matrix_exponential, pair_skew_entries, skew_symmetric,
                                spectral_skew_entries)
 from rpe_bench.pos.rope_mixed import axial_rope_frequencies, mixed_frequencies
-from rpe_bench.pos.rotary import ROPE, SPECTRAL, check_init
+from rpe_bench.pos.rotary import REFERENCE, ROPE, SPECTRAL, check_init
 
 
 @register("liere")
@@ -25,22 +26,26 @@ class Liere(BlockLieEncoding):
     positions in [0, 1]) has no meaning in patch units; at b = 2 this init is exactly RoPE-Mixed's, with the
     pairs (2n, 2n + 1) instead of (n, n + d/2). That is init=spectral; init=rope starts at axial RoPE of
     rope_base exactly: blocks over whole RoPE pairs (lay_out_pairs), each axis's generator rotating the pairs of
-    its section alone, so the generators commute until training moves them."""
+    its section alone, so the generators commute until training moves them. init=reference is LieRE's own:
+    generator entries uniform in [0, 2 pi), scaled for positions in [0, 1] of the image, so it belongs with
+    pos.coordinates=fraction."""
 
     relative = False  # with two axes or more, A_x and A_y do not commute (one axis alone is relative)
     supported_axes = None  # one generator per axis
 
     def __init__(self, head_dim: int, num_heads: int, block_size: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
-        check_init("liere", init, (SPECTRAL, ROPE))
+        check_init("liere", init, (SPECTRAL, ROPE, REFERENCE))
         super().__init__(head_dim, num_heads, block_size)
         blocks = (axes, num_heads, self.num_blocks, block_size // 2)
         if init == SPECTRAL:
             frequencies = mixed_frequencies(head_dim, num_heads, rope_base, generator, axes).reshape(blocks)
             entries = spectral_skew_entries(frequencies, generator)
-        else:
+        elif init == ROPE:
             self.lay_out_pairs(torch.arange(head_dim // 2))
             entries = pair_skew_entries(axial_rope_frequencies(head_dim, num_heads, rope_base, axes).reshape(blocks))
+        else:
+            entries = torch.rand(*blocks[:3], block_size * (block_size - 1) // 2, generator=generator) * 2 * math.pi
         # (axis, heads, blocks, b (b - 1) / 2): the free entries of each axis's generator.
         self.skew_entries = nn.Parameter(entries)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from rpe_bench.pos import register
-from rpe_bench.pos.rotary import (ROPE, SPECTRAL, RotaryEncoding, axial_pairs, axial_sections, axis_names,
+from rpe_bench.pos.rotary import (REFERENCE, ROPE, SPECTRAL, RotaryEncoding, axial_pairs, axial_sections, axis_names,
                                  check_init, random_frames, section_frequencies)
 
 
@@ -34,17 +34,18 @@ def axial_rope_frequencies(head_dim: int, num_heads: int, base: float, axes: int
 class RopeMixed(RotaryEncoding):
     """One learnable frequency vector per axis (theta_x, theta_y; theta_index for the flat index; theta_t, ...
     over (t, x, y)). Its YAML's rope_base is 10, as rope-vit builds its mixed models (its axial ones use 100).
-    init: `spectral`, rope-vit's (mixed_frequencies), or `rope`, axial RoPE's frequencies exactly."""
+    init: `spectral`, rope-vit's (mixed_frequencies; `reference` names the same), or `rope`, axial RoPE's
+    frequencies exactly."""
 
     supported_axes = None
 
     def __init__(self, head_dim: int, num_heads: int, rope_base: float, init: str,
                  generator: Optional[torch.Generator] = None, axes: int = 2):
-        check_init("rope_mixed", init, (SPECTRAL, ROPE))
+        check_init("rope_mixed", init, (SPECTRAL, ROPE, REFERENCE))
         self.sections, self.axis_names = axial_sections(head_dim, axes), axis_names(axes)
         super().__init__(head_dim, num_heads)
-        start = (mixed_frequencies(head_dim, num_heads, rope_base, generator, axes) if init == SPECTRAL
-                 else axial_rope_frequencies(head_dim, num_heads, rope_base, axes))
+        start = (axial_rope_frequencies(head_dim, num_heads, rope_base, axes) if init == ROPE
+                 else mixed_frequencies(head_dim, num_heads, rope_base, generator, axes))
         for name, theta in zip(self.axis_names, start):
             self.register_parameter(f"theta_{name}", nn.Parameter(theta.clone()))
 

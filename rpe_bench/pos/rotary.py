@@ -51,7 +51,7 @@ def axial_pairs(head_dim: int, axes: int, base: float) -> tuple[torch.Tensor, to
 
 
 # pos.options.init of the learnable rotary encodings: where their frequencies or generators start.
-SPECTRAL, ROPE = "spectral", "rope"
+SPECTRAL, ROPE, REFERENCE = "spectral", "rope", "reference"
 
 
 def check_init(encoding: str, init: str, allowed: tuple[str, ...], why: str = "") -> None:
