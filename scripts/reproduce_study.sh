@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the reference study on the real data (docs/results.md): MNIST and the JPEG copy of CIFAR-10.
 #   RUNS=/path/for/run/folders DATA=/path/to/shared/data [SEEDS=1,2,3] [VARIANTS=rope,...] \
-#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|video|mnist_flat|all] [Hydra overrides, ...]
+#     bash scripts/reproduce_study.sh [mnist|cifar10|cifar10_long|video|mnist_flat|starts|all] [Hydra overrides]
 # The jobs run side by side (hydra/launcher=parallel): as many at once as there are cores, one thread each, unless
 # hydra.launcher.n_jobs or trainer.threads say otherwise; a number of jobs that would not fit in memory is refused.
 # Run folders are named <variant>_seed<seed>, so a sweep can be split over sittings (SEEDS, VARIANTS) into the
@@ -14,7 +14,10 @@
 # docs/results/mnist and docs/results/cifar10. `video`: every encoding on moving_mnist clips, positions (t, x, y),
 # 3 seeds. `mnist_flat`: the notebook's MNIST cell under the flat 1D patch index for rope, cayley_dense and
 # reflection at the 5 seeds of the published paired MNIST study, whose grid runs are the 2D arm of the pairs (2D
-# runs are bit for bit what they were: tests/test_axes.py).
+# runs are bit for bit what they were: tests/test_axes.py). `starts`: the notebook's MNIST cell for rope and for
+# rope_mixed, liere, comrope_ap and comrope_ld under pos.options.init=spectral (their default start) and
+# init=rope at base 100 (exactly pos=rope at step 0), 5 seeds, all at one commit: does each beat RoPE when it
+# starts as RoPE, and does the start explain the MNIST leads?
 set -euo pipefail
 RUNS=${RUNS:-runs}
 DATA=${DATA:-../shared/data}
@@ -24,9 +27,9 @@ sweep_status=0
 SWEEP=${1:-all}
 shift $(( $# > 0 ? 1 : 0 ))
 case "$SWEEP" in
-  mnist|cifar10|cifar10_long|video|mnist_flat|all) ;;
+  mnist|cifar10|cifar10_long|video|mnist_flat|starts|all) ;;
   *) echo "reproduce_study.sh: unknown sweep '$SWEEP'; expected one of: mnist, cifar10, cifar10_long, video," \
-       "mnist_flat, all" >&2
+       "mnist_flat, starts, all" >&2
      exit 2 ;;
 esac
 # Every registered encoding with a conf/pos YAML (the generated variant configs), less the sparsity levels each
@@ -35,6 +38,7 @@ ALL_MNIST='glob(*,exclude=[cayley_sparse_f0.3])'
 ALL_CIFAR='glob(*,exclude=[cayley_sparse_f0.5,cayley_sparse_f0.2,none])'
 LONG_CIFAR=rope,cayley_dense,reflection
 FLAT_MNIST=rope,cayley_dense,reflection
+START_ENCODINGS=rope_mixed,liere,comrope_ap,comrope_ld
 NAMED_RUNS='hydra.sweep.subdir=${hydra:runtime.choices.variant}_seed${seed}'
 PARALLEL=hydra/launcher=parallel
 # Extrapolation on the first 16 test batches (2,048 images, the same for every run): a quarter of the full
@@ -87,7 +91,22 @@ case "$SWEEP" in
     RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3,4,5}" \
       "variant=${VARIANTS:-$FLAT_MNIST}" pos.coordinates=flat logger.mode=offline "$NAMED_RUNS" "$PARALLEL" \
       "hydra.sweep.dir=$RUNS/mnist_flat" "$@" || sweep_status=$?
-    publish mnist_flat docs/results/paired/mnist_flat docs/results/paired/mnist/runs ;;
+    publish mnist_flat docs/results/paired/mnist_flat docs/results/paired/mnist/runs ;;&
+  starts|all)
+    # rope has no init option: its runs are a sweep of their own into the same folder, the report at the end of
+    # the second covers both.
+    RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3,4,5}" \
+      variant=rope logger.mode=offline "$NAMED_RUNS" "$PARALLEL" "hydra.sweep.dir=$RUNS/starts" "$@" \
+      || sweep_status=$?
+    # init=rope at rope's own base 100, so that its start is pos=rope exactly; init=spectral at the defaults.
+    for start in "pos.options.init=spectral" "pos.options.init=rope pos.options.rope_base=100"; do
+      # shellcheck disable=SC2086  # $start holds two overrides
+      RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3,4,5}" \
+        "variant=${VARIANTS:-$START_ENCODINGS}" $start logger.mode=offline \
+        'hydra.sweep.subdir=${hydra:runtime.choices.variant}_init_${pos.options.init}_seed${seed}' "$PARALLEL" \
+        "hydra.sweep.dir=$RUNS/starts" "$@" || sweep_status=$?
+    done
+    publish starts docs/results/paired/starts ;;
 esac
 python scripts/notebook_formulation.py --output docs/notebook_formulation.md
 exit $sweep_status
