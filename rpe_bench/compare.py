@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from rpe_bench import cost, provenance, report_plots, report_tables, report_wandb
 from rpe_bench.config import CONF_DIR
-from rpe_bench.report_rows import Comparison, CoordinatesRow, VariantRow
+from rpe_bench.report_rows import ArmRow, Comparison, VariantRow
 from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, extrapolation_order, read_result
 from rpe_bench.statistics import (EQUIVALENCE_MARGIN, PAIRED, PLANNED_EFFECT, SIGNIFICANCE_LEVEL, Difference,
                                   holm_adjusted, holm_levels, mean_and_std, mean_interval,
@@ -347,40 +347,67 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             **difference_fields(difference, unpaired, tested.get(key, Tested()), words, decision),
             extrapolation=extrapolation_statistics(runs, sizes)))
     return Comparison(rows, sizes, show_coordinates, coordinate_differences(groups, decision), decision.margin,
-                      decision.planned_effect)
+                      decision.planned_effect, start_differences(groups, decision))
 
 
 REFERENCE_COORDINATES = ("flat", "grid", "normalized")  # the first present is the reference
+REFERENCE_START = "rope"  # pos.options.init=rope: the encoding started exactly as RoPE
 
 
-def coordinate_differences(groups: dict[VariantKey, list[RunResult]],
-                           decision: Decision = Decision()) -> list[CoordinatesRow]:
-    """Each variant under other coordinates against the same variant (dataset, encoding, f, options) under the
-    reference coordinates: what 2D positions buy over the notebook's flat index, on paired seeds."""
+def arm_differences(groups: dict[VariantKey, list[RunResult]], arm_of, references: tuple[str, ...],
+                    decision: Decision, what: str) -> list[ArmRow]:
+    """Arms of one variant that differ in one setting, each against the reference arm (the first of
+    `references` present), on paired seeds, Holm over these comparisons alone. `arm_of(key)`: (the variant
+    without that setting, the arm's name), or None for a key that has no such setting."""
     by_variant = defaultdict(dict)
     for key, runs in groups.items():
-        by_variant[key._replace(coordinates="")][key.coordinates] = runs
+        found = arm_of(key)
+        if found is not None:
+            by_variant[found[0]][found[1]] = runs
     pairs = []
     for key, arms in by_variant.items():
-        reference = next((name for name in REFERENCE_COORDINATES if name in arms), None)
-        for coordinates, runs in arms.items():
-            if coordinates != reference:
-                pairs.append((key, coordinates, reference, differences_from_reference(runs, arms[reference])[0]))
+        reference = next((name for name in references if name in arms), None)
+        for arm, runs in arms.items():
+            if reference is not None and arm != reference:
+                pairs.append((key, arm, reference, differences_from_reference(runs, arms[reference])[0]))
     tested = holm_families({index: pair[3] for index, pair in enumerate(pairs)}, decision)
     rows = []
-    for index, (key, coordinates, reference, difference) in enumerate(pairs):
+    for index, (key, arm, reference, difference) in enumerate(pairs):
         interval = difference and difference.interval
         found = tested.get(index, Tested())
-        rows.append(CoordinatesRow(
+        rows.append(ArmRow(
             dataset_display_name=key.dataset_display_name, label=variant_label(key, False, bool(key.options)),
-            coordinates=coordinates, versus=reference, test=difference and difference.test,
+            arm=arm, versus=reference, test=difference and difference.test,
             final_val_acc_diff_per_seed=(difference and difference.per_seed) or None,
             final_val_acc_diff=difference and difference.mean,
             final_val_acc_diff_ci95_low=interval and interval[0], final_val_acc_diff_ci95_high=interval and interval[1],
             p_value=difference and difference.p_value, p_value_holm=found.adjusted_p,
-            verdict=verdict(difference, found.adjusted_p, f"{reference} coordinates",
-                            found.equivalence_adjusted_p, decision.margin)))
+            verdict=verdict(difference, found.adjusted_p, f"{reference} {what}", found.equivalence_adjusted_p,
+                            decision.margin)))
     return rows
+
+
+def coordinate_differences(groups: dict[VariantKey, list[RunResult]],
+                           decision: Decision = Decision()) -> list[ArmRow]:
+    """Each variant under other coordinates against the same variant (dataset, encoding, f, options) under the
+    reference coordinates: what 2D positions buy over the notebook's flat index, on paired seeds."""
+    return arm_differences(groups, lambda key: (key._replace(coordinates=""), key.coordinates),
+                           REFERENCE_COORDINATES, decision, "coordinates")
+
+
+def start_of(key: VariantKey) -> Optional[tuple[VariantKey, str]]:
+    """(the variant without its start, its pos.options.init), or None for an encoding without one. The start's
+    own settings (rope_base) go with it."""
+    options = dict(option.split("=", 1) for option in key.options.split(", ")) if key.options else {}
+    if "init" not in options:
+        return None
+    rest = ", ".join(f"{name}={value}" for name, value in options.items() if name not in ("init", "rope_base"))
+    return key._replace(options=rest), options["init"]
+
+
+def start_differences(groups: dict[VariantKey, list[RunResult]], decision: Decision = Decision()) -> list[ArmRow]:
+    """Each encoding's other starts against its start as RoPE (init=rope): what the start gives, paired."""
+    return arm_differences(groups, start_of, (REFERENCE_START,), decision, "start")
 
 
 def summarize(results: list[RunResult]) -> list[VariantRow]:

@@ -89,12 +89,13 @@ class VariantRow:
 
 
 @dataclass(frozen=True)
-class CoordinatesRow:
-    """One encoding under other coordinates against itself under the reference coordinates (`flat`, the
-    reference notebook's, where present): the same runs' seeds, so paired; differences are this minus that."""
+class ArmRow:
+    """One variant with one setting changed against itself with the reference setting: other coordinates
+    against `flat` (the reference notebook's, where present), another start against `init=rope`. The same
+    seeds, so paired; differences are this arm minus that."""
     dataset_display_name: str
-    label: str  # the encoding with its f and options
-    coordinates: str
+    label: str  # the encoding with its f and the options both arms share
+    arm: str  # the setting of this arm ("grid", "spectral")
     versus: str
     test: Optional[str]
     final_val_acc_diff_per_seed: Optional[Dict[int, float]]
@@ -113,9 +114,10 @@ class Comparison:
     extrapolation_sizes: List[str]
     # Decided once for every table and label: the coordinates are named only where the rows differ in them.
     shows_coordinates: bool
-    coordinate_rows: List[CoordinatesRow] = field(default_factory=list)
+    coordinate_rows: List[ArmRow] = field(default_factory=list)
     margin: float = 0.005  # the declared equivalence margin (rpe_bench.compare.Decision), a fraction
     planned_effect: float = 0.003
+    start_rows: List[ArmRow] = field(default_factory=list)
 
     @property
     def datasets(self) -> List[str]:

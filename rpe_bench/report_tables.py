@@ -137,15 +137,15 @@ def extrapolation_table(comparison: Comparison) -> tuple[list[str], list[list[st
     return headers, cells
 
 
-def coordinates_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    headers = ["dataset", "pos", "coordinates", "versus", "test", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "p",
+def arm_table(rows: list, setting: str) -> tuple[list[str], list[list[str]]]:
+    headers = ["dataset", "pos", setting, "versus", "test", "Δ per seed (pp)", "mean Δ (pp)", "95% CI", "p",
                "p (Holm)", "verdict"]
-    cells = [[row.dataset_display_name, row.label, row.coordinates, row.versus, row.test or EMPTY_CELL,
+    cells = [[row.dataset_display_name, row.label, row.arm, row.versus, row.test or EMPTY_CELL,
               per_seed(row.final_val_acc_diff_per_seed), signed_points(row.final_val_acc_diff),
               interval(row.final_val_acc_diff_ci95_low, row.final_val_acc_diff_ci95_high, row.test is not None,
                        signed=True),
               number(row.p_value, digits=3), number(row.p_value_holm, digits=3), row.verdict]
-             for row in comparison.coordinate_rows]
+             for row in rows]
     return headers, cells
 
 
@@ -204,7 +204,13 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
             "Each encoding against itself under other coordinates (the reference notebook's flat patch index "
             "where present): Δ = final val acc under the row's coordinates minus under `versus`, in points, "
             "paired over the seeds both ran; p (Holm) over these comparisons alone, a family apart from the "
-            "comparisons with RoPE.", coordinates_table(comparison))] if comparison.coordinate_rows else []),
+            "comparisons with RoPE.", arm_table(comparison.coordinate_rows, "coordinates"))]
+          if comparison.coordinate_rows else []),
+        *([("Starts",
+            "Each encoding started otherwise against itself started exactly as RoPE (pos.options.init=rope): Δ = "
+            "final val acc under the row's start minus under init=rope, in points, paired over the seeds both ran; "
+            "p (Holm) over these comparisons alone. What the start gives, apart from what the encoding learns.",
+            arm_table(comparison.start_rows, "start"))] if comparison.start_rows else []),
         ("Failed runs", "Excluded from every statistic above." if failures else "None.", failure_table(failures)),
     ]
 

@@ -701,7 +701,7 @@ def test_each_encoding_is_compared_with_itself_under_flat_coordinates_on_paired_
     rows = {row.label: row for row in report.comparison.coordinate_rows}
     assert set(rows) == {"rope", "cayley_dense"}
     rope = rows["rope"]
-    assert (rope.coordinates, rope.versus, rope.test) == ("grid", "flat", "paired t")
+    assert (rope.arm, rope.versus, rope.test) == ("grid", "flat", "paired t")
     assert rope.final_val_acc_diff_per_seed == pytest.approx({0: 0.05, 1: 0.06, 2: 0.05})
     assert rope.final_val_acc_diff == pytest.approx(np.mean(gain["rope"]))
     # Two comparisons in the family: Holm doubles the smaller p.
@@ -730,3 +730,21 @@ def test_the_sweeps_report_callback_takes_the_declared_margin(sweep):
     assert "seeds to detect ±0.2 pp" in markdown
     configured = compose_config(return_hydra_config=True).hydra.callbacks.comparison_report
     assert (configured.margin_points, configured.plan_points) == (0.5, 0.3)
+
+
+def test_each_encoding_started_otherwise_is_compared_with_itself_started_as_rope(tmp_path):
+    """What the start gives: liere under init=spectral against liere under init=rope, at the same seeds."""
+    records = []
+    for seed, accuracy in enumerate([0.90, 0.93, 0.87]):
+        records.append(run_record("rope", None, seed, accuracy))
+        for init, base, gain in (("rope", 100.0, 0.001), ("spectral", 10.0, 0.006 + 0.001 * seed)):
+            record = run_record("liere", None, seed, accuracy + gain)
+            record["resolved_config"]["pos"] = {"options": {"block_size": 8, "init": init, "rope_base": base}}
+            records.append(record)
+    report = write_report([write_runs(tmp_path / "sweep", records)], tmp_path / "report")
+    (row,) = report.comparison.start_rows
+    assert (row.label, row.arm, row.versus) == ("liere (block_size=8)", "spectral", "rope")
+    assert row.final_val_acc_diff_per_seed == pytest.approx({0: 0.005, 1: 0.006, 2: 0.007})
+    assert row.verdict.startswith("higher than rope start")
+    section = (tmp_path / "report" / "comparison.md").read_text().split("## Starts")[1]
+    assert "| MNIST | liere (block_size=8) | spectral | rope | paired t |" in section
