@@ -89,10 +89,11 @@ def variant_key(result: RunResult) -> VariantKey:
                       encoding_options(result))
 
 
-def reference_key(key: VariantKey, keys) -> Optional[VariantKey]:
-    """The rope group `key` is compared with: the one of its dataset and coordinates, or, where runs of rope
-    differ in options, the one whose options equal `key`'s (None if there is no such group)."""
-    candidates = [candidate for candidate in keys if candidate.encoding == REFERENCE_POS
+def reference_key(key: VariantKey, keys, reference: str = REFERENCE_POS) -> Optional[VariantKey]:
+    """The group of the reference encoding (rope unless --reference says otherwise) `key` is compared with: the
+    one of its dataset and coordinates, or, where the reference's runs differ in options, the one whose options
+    equal `key`'s (None if there is no such group)."""
+    candidates = [candidate for candidate in keys if candidate.encoding == reference
                   and candidate.dataset_display_name == key.dataset_display_name
                   and candidate.coordinates == key.coordinates]
     if len(candidates) == 1:
@@ -100,18 +101,18 @@ def reference_key(key: VariantKey, keys) -> Optional[VariantKey]:
     return next((candidate for candidate in candidates if candidate.options == key.options), None)
 
 
-def variant_sort_key(key: VariantKey) -> tuple:
-    return (key.dataset_display_name, key.encoding != REFERENCE_POS, key.encoding, -1.0 if key.f is None else key.f,
+def variant_sort_key(key: VariantKey, reference: str = REFERENCE_POS) -> tuple:
+    return (key.dataset_display_name, key.encoding != reference, key.encoding, -1.0 if key.f is None else key.f,
             key.coordinates, key.options)
 
 
-def runs_by_variant(results: list[RunResult]) -> dict[VariantKey, list[RunResult]]:
-    """Completed runs grouped by variant, RoPE first within each dataset."""
+def runs_by_variant(results: list[RunResult], reference: str = REFERENCE_POS) -> dict[VariantKey, list[RunResult]]:
+    """Completed runs grouped by variant, the reference (RoPE) first within each dataset."""
     groups = defaultdict(list)
     for result in results:
         if result.is_completed:
             groups[variant_key(result)].append(result)
-    return {key: groups[key] for key in sorted(groups, key=variant_sort_key)}
+    return {key: groups[key] for key in sorted(groups, key=functools.partial(variant_sort_key, reference=reference))}
 
 
 def failed_runs(results: list[RunResult]) -> list[RunResult]:
@@ -231,6 +232,7 @@ class Decision:
     studies for (fractions of accuracy; the command line takes points)."""
     margin: float = EQUIVALENCE_MARGIN
     planned_effect: float = PLANNED_EFFECT
+    reference: str = REFERENCE_POS  # the encoding every variant is compared with (compare --reference)
 
 
 @dataclass(frozen=True)
@@ -316,10 +318,11 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
     """One row per variant. Holm's correction runs over every comparison with RoPE in the report, across
     datasets. `costs`: the measured costs (costs_by_variant)."""
     costs = costs or {}
-    references = {key: reference_key(key, groups) for key in groups}
+    reference = decision.reference
+    references = {key: reference_key(key, groups, reference) for key in groups}
     differences = {key: differences_from_reference(runs, groups[references[key]])
                    for key, runs in groups.items()
-                   if key.encoding != REFERENCE_POS and references[key] is not None}
+                   if key.encoding != reference and references[key] is not None}
     tested = holm_families({key: difference for key, (difference, _) in differences.items()}, decision)
     show_coordinates = len({key.coordinates for key in groups}) > 1
     # An encoding's options are named only where its runs differ in them.
@@ -329,14 +332,14 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
     show_options = {key: len(option_sets[key.dataset_display_name, key.encoding]) > 1 for key in groups}
     rows = []
     for key, runs in groups.items():
-        if key.encoding == REFERENCE_POS:
+        if key.encoding == reference:
             words, (difference, unpaired) = "reference", (None, None)
         elif key not in differences:
-            words, (difference, unpaired) = f"n/a, no {REFERENCE_POS} runs", (None, None)
+            words, (difference, unpaired) = f"n/a, no {reference} runs", (None, None)
         else:
             difference, unpaired = differences[key]
             found = tested.get(key, Tested())
-            words = verdict(difference, found.adjusted_p, REFERENCE_POS, found.equivalence_adjusted_p,
+            words = verdict(difference, found.adjusted_p, reference, found.equivalence_adjusted_p,
                             decision.margin)
         rows.append(VariantRow(
             dataset=runs[0].config.dataset, dataset_display_name=key.dataset_display_name, encoding=key.encoding,
@@ -347,7 +350,7 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             **difference_fields(difference, unpaired, tested.get(key, Tested()), words, decision),
             extrapolation=extrapolation_statistics(runs, sizes)))
     return Comparison(rows, sizes, show_coordinates, coordinate_differences(groups, decision), decision.margin,
-                      decision.planned_effect, start_differences(groups, decision))
+                      decision.planned_effect, start_differences(groups, decision), reference)
 
 
 REFERENCE_COORDINATES = ("flat", "grid", "normalized")  # the first present is the reference
@@ -430,7 +433,7 @@ def render_report(results: list[RunResult], dirs, output, measure_cost_seconds: 
     `output`/cost.json, measured anew first when `measure_cost_seconds` (per variant) is given."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    groups = runs_by_variant(results)
+    groups = runs_by_variant(results, decision.reference)
     sizes = extrapolation_sizes(results)
     cost_path = output / cost.COST_FILE
     if measure_cost_seconds is not None and groups:
@@ -451,12 +454,12 @@ def write_report(dirs, output, measure_cost_seconds: Optional[float] = None,
     return render_report(collect_results(dirs), dirs, output, measure_cost_seconds, decision)
 
 
-def decision_from_points(margin: float, planned_effect: float) -> Decision:
+def decision_from_points(margin: float, planned_effect: float, reference: str = REFERENCE_POS) -> Decision:
     """Decision from points, refusing values that cannot be a margin or an effect."""
     for name, value in (("margin", margin), ("plan", planned_effect)):
         if not 0 < value < 100:
             raise ValueError(f"--{name} {value:g} is out of range: allowed 0 < {name} < 100 (points of accuracy)")
-    return Decision(margin / 100, planned_effect / 100)
+    return Decision(margin / 100, planned_effect / 100, reference)
 
 
 class ComparisonReportCallback(Callback):
@@ -522,17 +525,26 @@ def main(argv=None) -> int:
                         help=f"print, per comparison, the paired seeds needed to detect POINTS (and to show "
                              f"equivalence within the margin) at 80%% power after Holm; the report's table uses "
                              f"POINTS too (default {100 * PLANNED_EFFECT:g})")
+    parser.add_argument("--reference", default=REFERENCE_POS, metavar="ENCODING",
+                        help=f"compare every variant with this encoding's runs (default {REFERENCE_POS}; e.g. none: "
+                             f"what each encoding's positions give)")
     args = parser.parse_args(argv)
     if args.output is None and len(args.dirs) > 1:
         parser.error("--output is required with more than one DIR")
     try:
-        decision = decision_from_points(args.margin, 100 * PLANNED_EFFECT if args.plan is None else args.plan)
+        decision = decision_from_points(args.margin, 100 * PLANNED_EFFECT if args.plan is None else args.plan,
+                                        args.reference)
     except ValueError as error:
         parser.error(str(error))
     try:
         results = collect_results(args.dirs)
     except ResultsNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    encodings = sorted({result.config.pos_variant for result in results if result.is_completed})
+    if args.reference not in encodings:
+        print(f"error: --reference {args.reference}: no completed runs of it under {', '.join(args.dirs)}; "
+              f"encodings there: {', '.join(encodings)}", file=sys.stderr)
         return 2
     try:
         report = render_report(results, args.dirs, args.output or args.dirs[0],

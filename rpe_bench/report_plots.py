@@ -38,7 +38,7 @@ def draw_interval(axis, y: float, mean: float, low, high, **style) -> None:
     axis.errorbar([100 * mean], [y], xerr=error, fmt="o", capsize=4, **style)
 
 
-def plot_differences(rows: list[VariantRow], path: Path) -> Optional[Path]:
+def plot_differences(rows: list[VariantRow], path: Path, reference: str = "rope") -> Optional[Path]:
     """Forest plot of Δ final val acc vs RoPE: the reported test's 95% CI per encoding (paired where seeds
     match), Welch's unpaired CI faded just below it."""
     tested = [row for row in rows if row.test is not None]
@@ -46,7 +46,8 @@ def plot_differences(rows: list[VariantRow], path: Path) -> Optional[Path]:
         return None
     datasets = datasets_of(tested)
     most = max(sum(row.dataset_display_name == dataset for row in tested) for dataset in datasets)
-    figure, axes = figure_per_dataset(datasets, "Δ final val acc vs rope, points (95% CI): paired, unpaired faded",
+    figure, axes = figure_per_dataset(datasets, f"Δ final val acc vs {reference}, points (95% CI): paired, "
+                                                "unpaired faded",
                                       panel_height=1.6 + 0.5 * most)
     for dataset, axis in axes.items():
         panel = [row for row in tested if row.dataset_display_name == dataset]
@@ -135,7 +136,7 @@ def write_plots(comparison: Comparison, curves: list[tuple[VariantRow, list[RunR
     """`curves`: each row with the runs it summarises, for the per-epoch figure."""
     rows = comparison.rows
     written = [
-        plot_differences(rows, output / "difference_vs_rope.png"),
+        plot_differences(rows, output / f"difference_vs_{comparison.reference}.png", comparison.reference),
         plot_val_acc_per_epoch(curves, output / "val_acc_per_epoch.png"),
         plot_acc_vs_sparsity(rows, output / "acc_vs_sparsity.png"),
         plot_epoch_time(rows, output / "epoch_time.png"),

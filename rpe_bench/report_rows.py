@@ -118,6 +118,7 @@ class Comparison:
     margin: float = 0.005  # the declared equivalence margin (rpe_bench.compare.Decision), a fraction
     planned_effect: float = 0.003
     start_rows: List[ArmRow] = field(default_factory=list)
+    reference: str = "rope"  # the encoding the differences are taken from
 
     @property
     def datasets(self) -> List[str]:

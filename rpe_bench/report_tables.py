@@ -174,8 +174,8 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          "(python -m rpe_bench.compare DIR --measure-cost). Wall s/epoch and wall inference: mean over seeds of "
          "what each run recorded beside the other jobs of its sweep, not a cost measure.",
          accuracy_table(comparison)),
-        ("Difference from RoPE",
-         f"Δ = final val acc minus rope's, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
+        ("Difference from RoPE" if comparison.reference == "rope" else f"Difference from {comparison.reference}",
+         f"Δ = final val acc minus {comparison.reference}'s, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
          f"listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
          f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. "
          f"p (Holm): adjusted over the {comparisons} comparisons in this report; higher or lower means p (Holm) < "
@@ -302,7 +302,8 @@ def terminal_summary(comparison: Comparison, warning: Optional[str]) -> str:
     """The short table a sweep ends with: each variant's accuracy, its difference from RoPE and its time."""
     several_datasets = len(comparison.datasets) > 1
     table = [(["dataset"] if several_datasets else []) +
-             ["variant", "val acc % (mean ± 95% CI)", "Δ vs rope, pp (95% CI)", "cost vs rope (train / inference)"]]
+             ["variant", "val acc % (mean ± 95% CI)", f"Δ vs {comparison.reference}, pp (95% CI)",
+              "cost vs rope (train / inference)"]]
     for row in comparison.rows:
         table.append(([row.dataset_display_name] if several_datasets else []) + [
             row.label, accuracy_with_interval(row), difference_with_interval(row), measured_cost(row)])

@@ -15,7 +15,8 @@ from scipy import stats
 
 from rpe_bench import report_wandb, statistics, tracking
 from rpe_bench.report_rows import VariantRow
-from rpe_bench.compare import ComparisonReportCallback, collect_results, main, summarize, write_report
+from rpe_bench.compare import (ComparisonReportCallback, Decision, collect_results, main, runs_by_variant, summarize,
+                               summarize_groups, write_report)
 from rpe_bench.tracking import sweep_group
 from tests.helpers import PROJECT, compose_config, wandb_inspect
 
@@ -748,3 +749,19 @@ def test_each_encoding_started_otherwise_is_compared_with_itself_started_as_rope
     assert row.verdict.startswith("higher than rope start")
     section = (tmp_path / "report" / "comparison.md").read_text().split("## Starts")[1]
     assert "| MNIST | liere (block_size=8) | spectral | rope | paired t |" in section
+
+
+def test_every_variant_can_be_compared_with_another_encoding(sweep, tmp_path, capsys):
+    """--reference none answers what each encoding's positions give; here cayley_dense stands in."""
+    assert main([str(sweep), "--no-wandb", "--output", str(tmp_path / "report"), "--reference", "cayley_dense"]) == 0
+    rows = summarize_groups(runs_by_variant(collect_results([sweep]), "cayley_dense"), [],
+                            decision=Decision(reference="cayley_dense")).rows
+    assert rows[0].encoding == "cayley_dense" and rows[0].verdict == "reference"
+    rope = row_for(rows, "rope")
+    assert rope.final_val_acc_diff == pytest.approx(-np.mean([0.010, 0.011, 0.011]))
+    assert rope.verdict == "lower than cayley_dense"
+    markdown = (tmp_path / "report" / "comparison.md").read_text()
+    assert "## Difference from cayley_dense" in markdown and "minus cayley_dense's" in markdown
+    assert (tmp_path / "report" / "difference_vs_cayley_dense.png").exists()
+    assert main([str(sweep), "--no-wandb", "--output", str(tmp_path / "other"), "--reference", "liere"]) == 2
+    assert "--reference liere: no completed runs of it under" in capsys.readouterr().err
