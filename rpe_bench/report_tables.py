@@ -175,8 +175,8 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          "what each run recorded beside the other jobs of its sweep, not a cost measure.",
          accuracy_table(comparison)),
         ("Difference from RoPE" if comparison.reference == "rope" else f"Difference from {comparison.reference}",
-         f"Δ = final val acc minus {comparison.reference}'s, in points. Paired t over the seeds both arms ran (their per-seed Δ are "
-         f"listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
+         f"Δ = final val acc minus {comparison.reference}'s, in points. Paired t over the seeds both arms ran "
+         f"(their per-seed Δ are listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
          f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. "
          f"p (Holm): adjusted over the {comparisons} comparisons in this report; higher or lower means p (Holm) < "
          f"{SIGNIFICANCE_LEVEL}, and \"before Holm's correction only\" that the 95% CI excludes 0 but the "
