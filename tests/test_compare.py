@@ -765,3 +765,10 @@ def test_every_variant_can_be_compared_with_another_encoding(sweep, tmp_path, ca
     assert (tmp_path / "report" / "difference_vs_cayley_dense.png").exists()
     assert main([str(sweep), "--no-wandb", "--output", str(tmp_path / "other"), "--reference", "liere"]) == 2
     assert "--reference liere: no completed runs of it under" in capsys.readouterr().err
+
+
+def test_runs_without_rope_still_get_a_report(tmp_path):
+    folder = write_sweep(tmp_path / "sweep", {("cayley_dense", None): [0.910, 0.941, 0.881]})
+    assert main([str(folder), "--no-wandb"]) == 0
+    (row,) = summarize(collect_results([folder]))
+    assert row.verdict == "n/a, no rope runs"
