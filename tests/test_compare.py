@@ -672,6 +672,14 @@ def published_reports() -> list[Path]:
     return reports
 
 
+def published_reference(report: Path) -> str:
+    """The encoding a report compares with, as its difference section's title names it (compare --reference)."""
+    title = next(line for line in (report / "comparison.md").read_text().splitlines()
+                 if line.startswith("## Difference from "))
+    named = title.removeprefix("## Difference from ")
+    return "rope" if named == "RoPE" else named
+
+
 def published_dirs(report: Path) -> list[str]:
     """The run folders a report was built from, as its first line names them (relative to the project)."""
     line = next(line for line in (report / "comparison.md").read_text().splitlines() if line.startswith("Runs under:"))
@@ -685,7 +693,7 @@ def test_every_published_report_rebuilds_from_its_raw_runs_unchanged(report, tmp
     monkeypatch.chdir(PROJECT)
     if (report / "cost.json").exists():
         (tmp_path / "cost.json").write_bytes((report / "cost.json").read_bytes())
-    write_report(published_dirs(report), tmp_path)
+    write_report(published_dirs(report), tmp_path, decision=Decision(reference=published_reference(report)))
     for name in ("comparison.csv", "comparison.md"):
         assert (tmp_path / name).read_bytes() == (report / name).read_bytes(), name
 
