@@ -192,21 +192,27 @@ def image_folder_samples(root: str) -> list[list]:
             f"image files): {one_line(error)}. {ROOT_HINT}") from error
 
 
-def load_image_folder(root: str, download: bool, image_size: int, channels: int):
-    samples = image_folder_samples(root)
-    names = "\n".join(f"{os.path.relpath(path, root)} {label}" for split in samples for path, label in split)
-    key = hashlib.sha256(names.encode()).hexdigest()
-    cache = os.path.join(root, f".rpe_bench_cache_{image_size}_{channels}.pt")
+def cached_splits(cache: str, listing: str, decode) -> tuple[ImageTensors, ImageTensors]:
+    """(train, test) from `cache` when it was made from the same `listing` of files, else decode() and cache
+    them: the cache is derived from the files alone, so a damaged or stale one is decoded again and replaced."""
+    key = hashlib.sha256(listing.encode()).hexdigest()
     if os.path.exists(cache):
         try:
             saved = torch.load(cache, weights_only=True)
             if saved["key"] == key:
                 return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
-        except Exception as error:  # derived from the images alone: decode them again and replace it
-            warnings.warn(f"cache {cache} is damaged ({type(error).__name__}); decoding the images again")
-    train, test = (decode_images(split, image_size, channels) for split in samples)
+        except Exception as error:
+            warnings.warn(f"cache {cache} is damaged ({type(error).__name__}); decoding the files again")
+    train, test = decode()
     save_cache({"key": key, "train": (train.images, train.labels), "test": (test.images, test.labels)}, cache)
     return train, test
+
+
+def load_image_folder(root: str, download: bool, image_size: int, channels: int):
+    samples = image_folder_samples(root)
+    names = "\n".join(f"{os.path.relpath(path, root)} {label}" for split in samples for path, label in split)
+    return cached_splits(os.path.join(root, f".rpe_bench_cache_{image_size}_{channels}.pt"), names,
+                         lambda: tuple(decode_images(split, image_size, channels) for split in samples))
 
 
 def image_folder_files(root: str, image_size: int, channels: int) -> tuple[ImageFiles, ImageFiles]:

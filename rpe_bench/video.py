@@ -14,17 +14,15 @@
 A longer clip of the same scene (time extrapolation) samples more frames over the same span: moving_mnist draws
 the same lines and samples them at more points; video_folder samples more of each clip's frames.
 """
-import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-from rpe_bench.data import (LOADERS, ROOT_HINT, DatasetError, DatasetNotFoundError, ImageTensors,
-                            decode_image_file, resize_batch, save_cache)
+from rpe_bench.data import (LOADERS, ROOT_HINT, DatasetError, DatasetNotFoundError, ImageFiles, ImageTensors,
+                            cached_splits, decode_image_file, resize_batch)
 
 DIRECTIONS = 2  # left, right
 
@@ -137,19 +135,10 @@ def decode_clip(clip: str, frames: int, image_size: int, channels: int) -> np.nd
 
 
 @dataclass
-class ClipFiles(torch.utils.data.Dataset):
+class ClipFiles(ImageFiles):
     """A split of a video folder left on disk: each clip decoded when a batch asks for it."""
-    samples: list  # (clip folder, label), sorted: the in-memory split's order
-    frames: int
-    image_size: int
-    channels: int
+    frames: int = 1  # samples are (clip folder, label)
     pixel_axes = 3
-
-    def __post_init__(self) -> None:
-        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(decode_clip(self.samples[index][0], self.frames, self.image_size, self.channels))
@@ -160,29 +149,21 @@ def load_video_folder(dataset, frames: int) -> tuple[ImageTensors, ImageTensors]
     samples = video_folder_samples(root)
     names = "\n".join(f"{os.path.relpath(path, root)} {label} {len(os.listdir(path))}"
                       for split in samples for path, label in split)
-    key = hashlib.sha256(names.encode()).hexdigest()
+
+    def decode() -> tuple[ImageTensors, ImageTensors]:
+        clips = [ClipFiles(split, dataset.image_size, dataset.channels, frames) for split in samples]
+        return tuple(ImageTensors(torch.stack([split[index] for index in range(len(split))]), split.labels)
+                     for split in clips)
+
     cache = os.path.join(root, f".rpe_bench_cache_clips_{frames}_{dataset.image_size}_{dataset.channels}.pt")
-    if os.path.exists(cache):
-        try:
-            saved = torch.load(cache, weights_only=True)
-            if saved["key"] == key:
-                return ImageTensors(*saved["train"]), ImageTensors(*saved["test"])
-        except Exception as error:  # derived from the frames alone: decode them again and replace it
-            warnings.warn(f"cache {cache} is damaged ({type(error).__name__}); decoding the clips again")
-    splits = []
-    for split in samples:
-        clips = ClipFiles(split, frames, dataset.image_size, dataset.channels)
-        splits.append(ImageTensors(torch.stack([clips[index] for index in range(len(clips))]), clips.labels))
-    save_cache({"key": key, "train": (splits[0].images, splits[0].labels),
-                "test": (splits[1].images, splits[1].labels)}, cache)
-    return splits[0], splits[1]
+    return cached_splits(cache, names, decode)
 
 
 def video_folder_files(dataset, frames: int) -> tuple[ClipFiles, ClipFiles]:
     """The streaming loader's splits: the same clips in the same order, nothing decoded yet."""
     train, test = video_folder_samples(os.path.expanduser(dataset.root))
-    return (ClipFiles(train, frames, dataset.image_size, dataset.channels),
-            ClipFiles(test, frames, dataset.image_size, dataset.channels))
+    return (ClipFiles(train, dataset.image_size, dataset.channels, frames),
+            ClipFiles(test, dataset.image_size, dataset.channels, frames))
 
 
 CLIP_LOADERS = {"moving_mnist": load_moving_mnist, "video_folder": load_video_folder}
