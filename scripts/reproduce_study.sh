@@ -103,7 +103,8 @@ case "$SWEEP" in
       variant=rope logger.mode=offline "$NAMED_RUNS" "$PARALLEL" "hydra.sweep.dir=$RUNS/starts" "$@" \
       || sweep_status=$?
     # init=rope at rope's own base 100, so that its start is pos=rope exactly; init=spectral at the defaults.
-    for start in "pos.options.init=spectral" "pos.options.init=rope pos.options.rope_base=100"; do
+    # `++`: a multirun first composes the config without the sweep's variant, i.e. with pos=rope, which has no init.
+    for start in "++pos.options.init=spectral" "++pos.options.init=rope ++pos.options.rope_base=100"; do
       # shellcheck disable=SC2086  # $start holds two overrides
       RPE_BENCH_DATA=$DATA python -m rpe_bench.train -m experiment=mnist_variants "seed=${SEEDS:-1,2,3,4,5}" \
         "variant=${VARIANTS:-$START_ENCODINGS}" $start logger.mode=offline \

@@ -122,3 +122,16 @@ def test_init_reference_starts_each_encoding_as_its_reference_code_does():
     spectral = pos.build("rope_mixed", head_dim=64, num_heads=4, generator=torch.Generator().manual_seed(1),
                          **pos.configured_defaults("rope_mixed"))
     assert torch.equal(mixed.frequencies(), spectral.frequencies())  # rope-vit's own init is the default
+
+
+def test_a_sweep_of_variants_takes_a_start_for_every_job_as_the_starts_study_sets_it(tmp_path):
+    """scripts/reproduce_study.sh starts: a multirun composes its config once without the swept variant (pos=rope,
+    no init option) before any job, so the start is set with `++`; every job must still get it."""
+    from tests.test_parallel import sweep
+    completed = sweep("variant=liere,comrope_ld", "++pos.options.init=rope", "++pos.options.rope_base=100",
+                      "hydra/launcher=basic", "hydra.sweep.subdir=${hydra:runtime.choices.variant}",
+                      sweep_dir=tmp_path)
+    assert completed.returncode == 0, completed.stdout[-2000:]
+    for encoding in ("liere", "comrope_ld"):
+        options = read_results(tmp_path / encoding)["resolved_config"]["pos"]["options"]
+        assert (options["init"], options["rope_base"]) == ("rope", 100.0)
