@@ -52,7 +52,9 @@ def test_every_published_results_file_reads_under_the_current_schema(path):
     raw = json.loads(path.read_text())
     result = read_result(path)
     assert result.is_completed and result.schema_version == SCHEMA_VERSION
-    assert result.config.pos_variant == raw["config"]["pos_variant"] and result.config.coordinates == "grid"
+    # Records older than pos.coordinates had only the grid.
+    assert result.config.pos_variant == raw["config"]["pos_variant"]
+    assert result.config.coordinates == raw["config"].get("coordinates", "grid")
     assert result.best_val_acc == raw["best_val_acc"] and len(result.history) == len(raw["history"])
 
 
