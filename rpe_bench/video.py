@@ -137,7 +137,7 @@ def decode_clip(clip: str, frames: int, image_size: int, channels: int) -> np.nd
 @dataclass
 class ClipFiles(ImageFiles):
     """A split of a video folder left on disk: each clip decoded when a batch asks for it."""
-    frames: int = 1  # samples are (clip folder, label)
+    frames: int  # samples are (clip folder, label)
     pixel_axes = 3
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -7,8 +7,7 @@ import sys
 
 from rpe_bench import pos
 from tests.helpers import PROJECT
-
-STARTS_AS_ROPE_ON_REQUEST = {"rope_mixed", "liere", "comrope_ap", "comrope_ld"}
+from tests.test_inits import STARTS_AS_ROPE_ON_REQUEST
 
 
 def test_every_encoding_and_every_rope_start_is_in_the_table_and_refused_starts_are_named(tmp_path):
@@ -21,7 +20,7 @@ def test_every_encoding_and_every_rope_start_is_in_the_table_and_refused_starts_
     assert encodings == set(pos.available())
     rope_starts = {label.split(" ")[0] for label in rows if label.endswith("init=rope")}
     # (t, x, y) over 32-channel heads: RoPE's sections are 6, 5, 5 pairs, which 8-channel ComRoPE blocks cannot hold.
-    assert rope_starts == STARTS_AS_ROPE_ON_REQUEST - {"comrope_ap", "comrope_ld"}
+    assert rope_starts == set(STARTS_AS_ROPE_ON_REQUEST) - {"comrope_ap", "comrope_ld"}
     for refused in ("comrope_ap", "comrope_ld"):
         assert f"{refused} init=rope: not timed at this shape, init='rope' is not allowed for {refused}" \
                in completed.stdout
