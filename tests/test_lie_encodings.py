@@ -11,7 +11,9 @@ import torch
 from rpe_bench import pos
 from rpe_bench.config import ConfigError, validate
 from rpe_bench.model import VisionTransformer, VitShape, parameter_groups
-from rpe_bench.pos.lie import apply_block_rotations, matrix_exponential, spectral_skew_entries
+from rpe_bench.pos import lie
+from rpe_bench.pos.lie import (apply_block_rotations, channels_of_pairs, dense_entries, matrix_exponential,
+                              spectral_skew_entries)
 from rpe_bench.pos import comrope, liere
 from rpe_bench.pos.rotary import axial_frequencies
 from tests.helpers import PROJECT, compose_config
@@ -214,6 +216,42 @@ def test_matrix_exponential_matches_torch_on_skew_matrices(dtype, scale):
     torch.testing.assert_close(matrix_exponential(matrices), expected, rtol=0, atol=bound)
     if scale == 0:
         assert torch.equal(matrix_exponential(matrices), torch.eye(8, dtype=dtype).expand_as(matrices))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_squaring_only_as_far_as_the_largest_exponent_needs_changes_no_bit(monkeypatch, dtype):
+    """Eager on the CPU the exponential stops after the squarings the largest exponent needs; the fixed count a
+    device or a compiled graph runs gives the same values and gradients, bit for bit."""
+    exponents = naive_skew(torch.randn(40, 28, dtype=dtype) * torch.logspace(-2, 2, 40, dtype=dtype)[:, None], 8)
+    weights = torch.randn_like(exponents)
+
+    def values_and_gradient():
+        leaf = exponents.clone().requires_grad_()
+        result = matrix_exponential(leaf)
+        (result * weights).sum().backward()
+        return result.detach(), leaf.grad
+
+    assert 0 < lie._squaring_steps(torch.log2(exponents.abs().sum(-2).amax(-1) / 2).ceil()) < lie.MAX_SQUARINGS
+    early = values_and_gradient()
+    monkeypatch.setattr(lie, "_squaring_steps", lambda squarings: lie.MAX_SQUARINGS)
+    fixed = values_and_gradient()
+    assert torch.equal(early[0], fixed[0]) and torch.equal(early[1], fixed[1])
+
+
+def test_blocks_laid_over_rope_pairs_are_the_block_diagonal_product_in_those_channels():
+    """Block channel s holds head channel channels_of_pairs(...)[s]: x rotated there equals x permuted into block
+    order, rotated block by block, and permuted back."""
+    rotations = torch.linalg.matrix_exp(naive_skew(torch.randn(TOKENS, HEADS, 4, 28, dtype=torch.float64), 8))
+    x = torch.randn(3, HEADS, TOKENS, HEAD_DIM, dtype=torch.float64)
+    channel_of_slot = channels_of_pairs(torch.randperm(HEAD_DIM // 2), HEAD_DIM)
+    assert sorted(channel_of_slot.tolist()) == list(range(HEAD_DIM))
+    in_block_order = apply_block_rotations(x[..., channel_of_slot], rotations)
+    expected = torch.empty_like(x)
+    expected[..., channel_of_slot] = in_block_order
+    laid_out = apply_block_rotations(x, rotations, dense_entries(channel_of_slot, 8))
+    # The same d products per channel (|R_ij| <= 1), summed in another order: (d - 1) eps sum |x_j| between the two.
+    bound = HEAD_DIM * torch.finfo(x.dtype).eps * x.abs().sum(-1).max().item()
+    torch.testing.assert_close(laid_out, expected, rtol=0, atol=bound)
 
 
 def test_comrope_ap_at_block_size_two_is_axial_rope_with_interleaved_pairs():

@@ -63,23 +63,39 @@ def pair_skew_entries(frequencies: torch.Tensor) -> torch.Tensor:
     return canonical[..., rows, cols]
 
 
-def slots_of_pairs(pair_order: torch.Tensor, head_dim: int) -> torch.Tensor:
+def channels_of_pairs(pair_order: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The block layout that puts RoPE pair pair_order[p] = n, the channels (n, n + d/2), at the block channels
-    (2p, 2p + 1): for each head channel, the block channel that holds it."""
-    channel_of_slot = torch.stack([pair_order, pair_order + head_dim // 2], dim=1).flatten()
-    return torch.argsort(channel_of_slot)
+    (2p, 2p + 1): for each block channel, the head channel it holds."""
+    return torch.stack([pair_order, pair_order + head_dim // 2], dim=1).flatten()
+
+
+def dense_entries(channel_of_slot: torch.Tensor, block_size: int) -> torch.Tensor:
+    """For each entry (block j, row r, column c) of the block rotations, its flat index in the d x d matrix that
+    rotates a head's channels, where block channel s holds head channel channel_of_slot[s]."""
+    head_dim = channel_of_slot.numel()
+    channels = channel_of_slot.view(-1, block_size)  # (blocks, b)
+    return (channels[:, :, None] * head_dim + channels[:, None, :]).flatten()
 
 
 # Taylor degree m per dtype, and the 1-norm theta every exponent is scaled under: the remainder theta^(m+1)/(m+1)!
 # is below the unit roundoff (2^17/17! = 4e-10 < 2^-24 in fp32, 2^25/25! = 2e-18 < 2^-53 in fp64).
 _TAYLOR_DEGREE = {torch.float32: 16, torch.float64: 24}
 _SCALED_NORM = 2.0
-# Squarings are a fixed count, each applied where a matrix needs it: a count read from the norms would make the
-# host wait for the device once per layer and forward pass, and split a compiled graph. 12 covers 1-norms up to
-# 2 * 2^12 = 8192, thousands of radians per patch step; a larger exponent comes out NaN, as in
-# jax.scipy.linalg.expm, which stops training with its non-finite-loss error instead of returning a rotation that
-# is not one.
+# Squarings are a fixed count on a device or in a compiled graph, each applied where a matrix needs it: a count
+# read from the norms would make the host wait for the device once per layer and forward pass, and split the
+# graph. 12 covers 1-norms up to 2 * 2^12 = 8192, thousands of radians per patch step; a larger exponent comes
+# out NaN, as in jax.scipy.linalg.expm, which stops training with its non-finite-loss error instead of returning
+# a rotation that is not one.
 MAX_SQUARINGS = 12
+
+
+def _squaring_steps(squarings: torch.Tensor) -> int:
+    """How many squaring steps the batch runs: the most any matrix needs where reading that count costs nothing
+    (eager on the CPU: the steps beyond it are batched matmuls, forward and backward, that change nothing), else
+    the fixed MAX_SQUARINGS. The values are the same either way, bit for bit."""
+    if squarings.device.type == "cpu" and not torch.compiler.is_compiling():
+        return int(squarings.max()) if squarings.numel() else 0
+    return MAX_SQUARINGS
 
 
 def matrix_exponential(matrices: torch.Tensor) -> torch.Tensor:
@@ -109,25 +125,28 @@ def matrix_exponential(matrices: torch.Tensor) -> torch.Tensor:
     result = group(degree // 4)
     for index in reversed(range(degree // 4)):
         result = group(index) + fourth @ result
-    for step in range(MAX_SQUARINGS):
+    for step in range(_squaring_steps(squarings)):
         result = torch.where((squarings > step)[..., None, None], result @ result, result)
     return result.masked_fill(beyond_reach, math.nan)
 
 
 def apply_block_rotations(x: torch.Tensor, rotations: torch.Tensor,
-                          slot_of_channel: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x (batch, heads, tokens, d) rotated per token by block-diagonal rotations (tokens, heads, blocks, b, b).
+                          entries: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (batch, heads, tokens, d) rotated per token by block-diagonal rotations (tokens, heads, blocks, b, b),
+    whose entries sit at `entries` (`dense_entries`; contiguous blocks when None) of each token's d x d matrix.
 
-    The blocks are laid out as one dense d x d matrix per (token, head), zeros off the diagonal blocks: one
-    matmul per (head, token) over the whole batch runs at the CPU's matmul speed, while a batched product of
-    b x b blocks is thousands of tiny matmuls, slower even at b = 8 than the dense product's extra flops."""
+    The blocks are laid out as one dense d x d matrix per (token, head), zeros off the blocks: one matmul per
+    (head, token) over the whole batch runs at the CPU's matmul speed, while a batched product of b x b blocks is
+    thousands of tiny matmuls, slower even at b = 8 than the dense product's extra flops. The entries are copied
+    to their places in one step, so a layout over other channels than contiguous ones (init=rope) costs
+    nothing more."""
     tokens, heads, blocks, size, _ = rotations.shape
-    diagonal = torch.eye(blocks, dtype=rotations.dtype, device=rotations.device)
-    dense = (rotations.unsqueeze(3) * diagonal[:, :, None, None]).transpose(3, 4)
-    dense = dense.reshape(tokens, heads, blocks * size, blocks * size)
-    if slot_of_channel is not None:  # blocks laid over other channels than contiguous ones (init=rope)
-        dense = dense[:, :, slot_of_channel][:, :, :, slot_of_channel]
-    return torch.einsum("thij,bhtj->bhti", dense, x)
+    head_dim = blocks * size
+    if entries is None:
+        entries = dense_entries(torch.arange(head_dim, device=rotations.device), size)
+    dense = rotations.new_zeros(tokens, heads, head_dim * head_dim)
+    dense = dense.index_copy(-1, entries, rotations.reshape(tokens, heads, -1))
+    return torch.einsum("thij,bhtj->bhti", dense.view(tokens, heads, head_dim, head_dim), x)
 
 
 class BlockLieEncoding(PositionEncoding):
@@ -141,13 +160,14 @@ class BlockLieEncoding(PositionEncoding):
         self.block_size = block_size
         self.num_blocks = head_dim // block_size
         # Contiguous channels per block unless lay_out_pairs says otherwise.
-        self.register_buffer("slot_of_channel", None, persistent=False)
+        self.register_buffer("dense_entries", dense_entries(torch.arange(head_dim), block_size), persistent=False)
 
     def lay_out_pairs(self, pair_order: torch.Tensor) -> None:
         """Blocks over whole RoPE pairs (n, n + d/2), pair_order[p] at the block channels (2p, 2p + 1): our RoPE
         rotates the pairs (n, n + d/2) ("rotate-half"), which contiguous blocks cannot hold. The permutation is
         folded into each token's rotation matrix, so q and k keep their channel order."""
-        self.slot_of_channel = slots_of_pairs(pair_order, self.head_dim)
+        self.dense_entries = dense_entries(channels_of_pairs(pair_order, self.head_dim).to(self.dense_entries.device),
+                                           self.block_size)
 
     def block_rotations(self, coords: torch.Tensor) -> torch.Tensor:
         """R(r) as (tokens, heads, blocks, b, b) from coords (tokens, axes) in the parameters' dtype."""
@@ -162,5 +182,5 @@ class BlockLieEncoding(PositionEncoding):
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         rotations = self.rotations(coords).to(q.dtype)
-        return (apply_block_rotations(q, rotations, self.slot_of_channel),
-                apply_block_rotations(k, rotations, self.slot_of_channel))
+        return (apply_block_rotations(q, rotations, self.dense_entries),
+                apply_block_rotations(k, rotations, self.dense_entries))
