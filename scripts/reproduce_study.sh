@@ -7,8 +7,9 @@
 # Run folders are named <variant>_seed<seed>, so a sweep can be split over sittings (SEEDS, VARIANTS) into the
 # same folder, interrupted and rerun with the same command: finished jobs are only re-evaluated, and unfinished
 # ones resume from their last end-of-epoch checkpoint. Each sweep's results.json files are then copied to
-# docs/results/paired/<sweep>/runs/ (cifar10_long: docs/results/cifar10_long/runs/; small, no checkpoints or W&B
-# folders) and its report rebuilt from them. The 1-epoch sweeps are the reference study re-run with paired
+# docs/results/paired/<sweep>/runs/ (cifar10: docs/results/paired/cifar10_stratified/runs/, its evaluation on the
+# class-stratified subsets; cifar10_long: docs/results/cifar10_long/runs/; small, no checkpoints or W&B folders)
+# and its report rebuilt from them. The 1-epoch sweeps are the reference study re-run with paired
 # runs (every encoding starts from the same shared weights at a seed): MNIST every encoding at 5 seeds, CIFAR-10
 # the notebook's variants and the other encodings at 3. Runs published before that design are kept apart in
 # docs/results/mnist and docs/results/cifar10. `video`: every encoding on moving_mnist clips, positions (t, x, y),
@@ -78,7 +79,8 @@ case "$SWEEP" in
     cifar_data
     python -m rpe_bench.train -m "${CIFAR[@]}" "seed=${SEEDS:-1,2,3}" "variant=${VARIANTS:-$ALL_CIFAR}" \
       "hydra.sweep.dir=$RUNS/cifar10" "$@" || sweep_status=$?
-    publish cifar10 docs/results/paired/cifar10 ;;&
+    # docs/results/paired/cifar10 keeps the 2026-11-29 runs, evaluated on the class-sorted first test batches.
+    publish cifar10 docs/results/paired/cifar10_stratified ;;&
   cifar10_long|all)
     # bf16 autocast: 0.81-0.82x the fp32 step time for this shape on the 2-core CPU (docs/bench_pos.md, two runs).
     cifar_data
