@@ -165,6 +165,8 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
     """(title, note, table) for each section; a table with no rows is shown as its note alone."""
     comparisons = sum(row.p_value_holm is not None for row in comparison.rows)
     sizes, margin = comparison.extrapolation_sizes, f"±{100 * comparison.margin:g} pp"
+    differences, plan = difference_table(comparison), plan_table(comparison)
+    nothing_compared = f"No encoding in these runs is compared with {comparison.reference}."
     return [
         ("Validation accuracy and cost",
          "Final val acc over seeds; 95% CI from Student's t (\"too few seeds\" where it would reach outside "
@@ -186,15 +188,15 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          f"that is not significant is inconclusive, not absent. Detectable Δ at Holm's α: the true difference this "
          f"comparison's test, at the α of its Holm step (given with the test's degrees of freedom), finds with "
          f"80% probability given these runs' spread: what its verdict could have found; at 0.05, unadjusted, "
-         f"for reference only.",
-         difference_table(comparison)),
+         f"for reference only." if differences[1] else nothing_compared,
+         differences),
         ("Seeds a study needs",
          f"From each paired comparison's per-seed differences: their SD and its one-sided 80% upper bound "
          f"(chi-square), and the paired seeds at which a test at Holm's first-step α ({SIGNIFICANCE_LEVEL} / "
          f"{comparisons}) detects a true ±{100 * comparison.planned_effect:g} pp with 80% probability, or TOST shows "
          f"equivalence within {margin} with 80% probability when the true Δ is 0 (python -m rpe_bench.compare "
-         f"DIR --plan POINTS --margin POINTS).",
-         plan_table(comparison)),
+         f"DIR --plan POINTS --margin POINTS)." if plan[1] else nothing_compared,
+         plan),
         ("Extrapolation",
          "Val acc % (mean ± std over seeds) at each evaluated image size (frames resized, patch grid grown) and "
          "clip length (more frames over the same span)." if sizes

@@ -60,6 +60,7 @@ cifar_data() {
 publish() {  # publish <sweep name> <folder> [more run folders]: keep every run's results.json, rebuild the report
   local run sweep=$1 folder=$2
   shift 2
+  shopt -s nullglob  # a sweep with no finished run publishes none, not a folder named '*'
   for result in "$RUNS/$sweep"/*/results.json; do
     run=$folder/runs/$(basename "$(dirname "$result")")
     mkdir -p "$run" && cp "$result" "$run/results.json"

@@ -780,3 +780,13 @@ def test_runs_without_rope_still_get_a_report(tmp_path):
     assert main([str(folder), "--no-wandb"]) == 0
     (row,) = summarize(collect_results([folder]))
     assert row.verdict == "n/a, no rope runs"
+
+
+def test_a_report_of_the_reference_alone_says_nothing_is_compared_with_it(tmp_path):
+    """Runs of rope alone: no row compares with rope, so no note counts 'the 0 comparisons' or divides alpha
+    by 0."""
+    folder = write_runs(tmp_path / "ropes", [run_record("rope", None, seed, 0.9 + 0.01 * seed) for seed in range(3)])
+    markdown = write_report([folder], folder).page.with_name("comparison.md").read_text()
+    for section in ("Difference from RoPE", "Seeds a study needs"):
+        text = markdown.split(f"## {section}")[1].split("\n## ")[0]
+        assert text.strip() == "No encoding in these runs is compared with rope."
