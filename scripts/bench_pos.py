@@ -49,9 +49,10 @@ def benchmark_variants() -> list[tuple[str, str, dict, bool]]:
             variants += [(f"{config.name} f={f}", config.name, {**options, "f": f}, table) for f in SPARSE_FRACTIONS]
         else:
             variants.append((config.name, config.name, options, table))
-        if "init" in options:  # also started as RoPE: its blocks hold RoPE's pairs through a permutation
+        if "init" in options:  # also started as RoPE: its blocks laid over RoPE's pairs
             variants.append((f"{config.name} init=rope", config.name,
-                             {**options, "init": "rope", "rope_base": 100.0}, table))
+                             {**options, "init": "rope", "rope_base": pos.configured_defaults("rope")["rope_base"]},
+                             table))
     return variants
 
 

@@ -65,6 +65,7 @@ publish() {  # publish <sweep name> <folder> [more run folders]: keep every run'
     run=$folder/runs/$(basename "$(dirname "$result")")
     mkdir -p "$run" && cp "$result" "$run/results.json"
   done
+  shopt -u nullglob
   # The cost the sweep measured at its end (cost.json) goes with the report: a rebuild reads it, measuring nothing.
   if [ -f "$RUNS/$sweep/cost.json" ]; then cp "$RUNS/$sweep/cost.json" "$folder/cost.json"; fi
   python -m rpe_bench.compare "$folder/runs" "$@" --output "$folder"

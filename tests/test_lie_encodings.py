@@ -231,7 +231,8 @@ def test_squaring_only_as_far_as_the_largest_exponent_needs_changes_no_bit(monke
         (result * weights).sum().backward()
         return result.detach(), leaf.grad
 
-    assert 0 < lie._squaring_steps(torch.log2(exponents.abs().sum(-2).amax(-1) / 2).ceil()) < lie.MAX_SQUARINGS
+    needed = torch.log2(exponents.abs().sum(-2).amax(-1) / lie._SCALED_NORM).ceil()
+    assert 0 < lie._squaring_steps(needed) < lie.MAX_SQUARINGS  # the early stop is what runs here
     early = values_and_gradient()
     monkeypatch.setattr(lie, "_squaring_steps", lambda squarings: lie.MAX_SQUARINGS)
     fixed = values_and_gradient()
