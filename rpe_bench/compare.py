@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from rpe_bench import cost, provenance, report_plots, report_tables, report_wandb
 from rpe_bench.config import CONF_DIR
 from rpe_bench.report_rows import ArmRow, Comparison, VariantRow
-from rpe_bench.results import RESULTS_FILE, RunConfigRecord, RunResult, extrapolation_order, read_result
+from rpe_bench.results import (RESULTS_FILE, RunConfigRecord, RunResult, extrapolation_label, extrapolation_order,
+                               read_result)
 from rpe_bench.statistics import (EQUIVALENCE_MARGIN, PAIRED, PLANNED_EFFECT, SIGNIFICANCE_LEVEL, Difference,
                                   holm_adjusted, holm_levels, mean_and_std, mean_interval,
                                   min_detectable_difference, paired_difference, sd_upper_bound,
@@ -152,9 +153,21 @@ def column(runs: list[RunResult], field: str) -> list[float]:
     return [getattr(run, field) for run in runs]
 
 
-def by_seed(runs: list[RunResult]) -> Optional[dict[int, float]]:
+def final_val_acc(run: RunResult) -> Optional[float]:
+    return run.final_val_acc
+
+
+def accuracy_at(size: str):
+    """The val acc a run reached at one extrapolation size (None where it did not evaluate that size)."""
+    def value(run: RunResult) -> Optional[float]:
+        record = run.extrapolation.get(size)
+        return None if record is None else record.val_acc
+    return value
+
+
+def by_seed(runs: list[RunResult], value=final_val_acc) -> Optional[dict[int, float]]:
     """Seed -> compared accuracy; None when a seed repeats, as runs can then not be paired by seed."""
-    values = {run.config.seed: run.final_val_acc for run in runs}
+    values = {run.config.seed: value(run) for run in runs}
     return values if len(values) == len(runs) else None
 
 
@@ -217,11 +230,14 @@ def cost_fields(measured: Optional[dict]) -> dict:
                                                   "inference_vs_rope")}
 
 
-def differences_from_reference(runs: list[RunResult], reference_runs: list[RunResult]
+def differences_from_reference(runs: list[RunResult], reference_runs: list[RunResult], value=final_val_acc
                                ) -> tuple[Optional[Difference], Optional[Difference]]:
-    """(the test to report, Welch's unpaired test): paired where at least two seeds match and none repeats."""
-    unpaired = welch_difference(column(runs, "final_val_acc"), column(reference_runs, "final_val_acc"))
-    values, reference = by_seed(runs), by_seed(reference_runs)
+    """(the test to report, Welch's unpaired test) of `value` (final val acc unless said otherwise), over the runs
+    that have it: paired where at least two seeds match and none repeats."""
+    runs = [run for run in runs if value(run) is not None]
+    reference_runs = [run for run in reference_runs if value(run) is not None]
+    unpaired = welch_difference([value(run) for run in runs], [value(run) for run in reference_runs])
+    values, reference = by_seed(runs, value), by_seed(reference_runs, value)
     paired = paired_difference(values, reference) if values is not None and reference is not None else None
     return paired or unpaired, unpaired
 
@@ -349,8 +365,10 @@ def summarize_groups(groups: dict[VariantKey, list[RunResult]], sizes: list[str]
             **accuracy_and_cost(runs), **cost_fields(costs.get(key)),
             **difference_fields(difference, unpaired, tested.get(key, Tested()), words, decision),
             extrapolation=extrapolation_statistics(runs, sizes)))
+    labels = {key: variant_label(key, show_coordinates, show_options[key]) for key in groups}
     return Comparison(rows, sizes, show_coordinates, coordinate_differences(groups, decision), decision.margin,
-                      decision.planned_effect, start_differences(groups, decision), reference)
+                      decision.planned_effect, start_differences(groups, decision), reference,
+                      extrapolation_differences(groups, sizes, references, labels, decision))
 
 
 REFERENCE_COORDINATES = ("flat", "grid", "normalized")  # the first present is the reference
@@ -373,21 +391,48 @@ def arm_differences(groups: dict[VariantKey, list[RunResult]], arm_of, reference
         for arm, runs in arms.items():
             if reference is not None and arm != reference:
                 pairs.append((key, arm, reference, differences_from_reference(runs, arms[reference])[0]))
-    tested = holm_families({index: pair[3] for index, pair in enumerate(pairs)}, decision)
+    return arm_rows([(key, variant_label(key, False, bool(key.options)), arm, reference, f"{reference} {what}",
+                      difference) for key, arm, reference, difference in pairs], decision)
+
+
+def arm_rows(pairs: list[tuple], decision: Decision) -> list[ArmRow]:
+    """One row per (key, label, arm, versus, what the verdict names as compared with, difference), Holm over
+    these comparisons alone and over their equivalence tests."""
+    tested = holm_families({index: pair[-1] for index, pair in enumerate(pairs)}, decision)
     rows = []
-    for index, (key, arm, reference, difference) in enumerate(pairs):
+    for index, (key, label, arm, versus, compared_with, difference) in enumerate(pairs):
         interval = difference and difference.interval
         found = tested.get(index, Tested())
         rows.append(ArmRow(
-            dataset_display_name=key.dataset_display_name, label=variant_label(key, False, bool(key.options)),
-            arm=arm, versus=reference, test=difference and difference.test,
+            dataset_display_name=key.dataset_display_name, label=label,
+            arm=arm, versus=versus, test=difference and difference.test,
             final_val_acc_diff_per_seed=(difference and difference.per_seed) or None,
             final_val_acc_diff=difference and difference.mean,
             final_val_acc_diff_ci95_low=interval and interval[0], final_val_acc_diff_ci95_high=interval and interval[1],
             p_value=difference and difference.p_value, p_value_holm=found.adjusted_p,
-            verdict=verdict(difference, found.adjusted_p, f"{reference} {what}", found.equivalence_adjusted_p,
+            verdict=verdict(difference, found.adjusted_p, compared_with, found.equivalence_adjusted_p,
                             decision.margin)))
     return rows
+
+
+def extrapolation_differences(groups: dict[VariantKey, list[RunResult]], sizes: list[str],
+                              references: dict[VariantKey, Optional[VariantKey]], labels: dict[VariantKey, str],
+                              decision: Decision = Decision()) -> list[ArmRow]:
+    """Each variant's val acc at each evaluated size against its reference's (RoPE's) at that size, paired over
+    the seeds both evaluated it: the extrapolation figures as a test, Holm over these comparisons alone (every
+    variant at every size), a family apart from final val acc's."""
+    pairs = []
+    for key, runs in groups.items():
+        reference = references[key]
+        if key.encoding == decision.reference or reference is None:
+            continue
+        for size in sizes:
+            difference = differences_from_reference(runs, groups[reference], accuracy_at(size))[0]
+            if difference is not None:
+                label = extrapolation_label(size)
+                pairs.append((key, labels[key], label, decision.reference, f"{decision.reference} at {label}",
+                              difference))
+    return arm_rows(pairs, decision)
 
 
 def coordinate_differences(groups: dict[VariantKey, list[RunResult]],

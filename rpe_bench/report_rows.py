@@ -91,8 +91,9 @@ class VariantRow:
 @dataclass(frozen=True)
 class ArmRow:
     """One variant with one setting changed against itself with the reference setting: other coordinates
-    against `flat` (the reference notebook's, where present), another start against `init=rope`. The same
-    seeds, so paired; differences are this arm minus that."""
+    against `flat` (the reference notebook's, where present), another start against `init=rope`; or one variant
+    against the reference encoding at one extrapolation size (the arm). The same seeds, so paired; differences
+    are this arm minus that."""
     dataset_display_name: str
     label: str  # the encoding with its f and the options both arms share
     arm: str  # the setting of this arm ("grid", "spectral")
@@ -103,7 +104,7 @@ class ArmRow:
     final_val_acc_diff_ci95_low: Optional[float]
     final_val_acc_diff_ci95_high: Optional[float]
     p_value: Optional[float]
-    p_value_holm: Optional[float]  # over the comparisons between coordinates in the report, a family of its own
+    p_value_holm: Optional[float]  # over the rows of its section (coordinates, starts, sizes), a family of its own
     verdict: str
 
 
@@ -119,6 +120,8 @@ class Comparison:
     planned_effect: float = 0.003
     start_rows: List[ArmRow] = field(default_factory=list)
     reference: str = "rope"  # the encoding the differences are taken from
+    # Each variant's val acc at each extrapolation size against the reference's at that size (arm = the size).
+    extrapolation_rows: List[ArmRow] = field(default_factory=list)
 
     @property
     def datasets(self) -> List[str]:

@@ -167,6 +167,7 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
     sizes, margin = comparison.extrapolation_sizes, f"±{100 * comparison.margin:g} pp"
     differences, plan = difference_table(comparison), plan_table(comparison)
     nothing_compared = f"No encoding in these runs is compared with {comparison.reference}."
+    reference_name = "RoPE" if comparison.reference == "rope" else comparison.reference
     return [
         ("Validation accuracy and cost",
          "Final val acc over seeds; 95% CI from Student's t (\"too few seeds\" where it would reach outside "
@@ -176,7 +177,7 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          "(python -m rpe_bench.compare DIR --measure-cost). Wall s/epoch and wall inference: mean over seeds of "
          "what each run recorded beside the other jobs of its sweep, not a cost measure.",
          accuracy_table(comparison)),
-        ("Difference from RoPE" if comparison.reference == "rope" else f"Difference from {comparison.reference}",
+        (f"Difference from {reference_name}",
          f"Δ = final val acc minus {comparison.reference}'s, in points. Paired t over the seeds both arms ran "
          f"(their per-seed Δ are listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
          f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. "
@@ -202,6 +203,14 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          "clip length (more frames over the same span)." if sizes
          else "No run evaluated other image sizes or clip lengths.",
          extrapolation_table(comparison) if sizes else ([], [])),
+        *([(f"Extrapolation: difference from {reference_name}",
+            f"Δ = val acc at the row's size minus {comparison.reference}'s at that size, in points, paired over the "
+            f"seeds both evaluated it (Welch's t where no two match); p (Holm) over these "
+            f"{len(comparison.extrapolation_rows)} comparisons alone (every variant at every size), a family apart "
+            f"from final val acc's; \"equivalent within {margin}\" only where TOST rejects after Holm over their "
+            f"equivalence tests. What the extrapolation table shows, as a test; what it measures depends on the "
+            f"images evaluated (each run's results.json, evaluation_subsets).",
+            arm_table(comparison.extrapolation_rows, "size"))] if comparison.extrapolation_rows else []),
         *([("Coordinates",
             "Each encoding against itself under other coordinates (the reference notebook's flat patch index "
             "where present): Δ = final val acc under the row's coordinates minus under `versus`, in points, "

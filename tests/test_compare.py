@@ -412,6 +412,45 @@ def test_extrapolation_table_has_a_column_per_size_in_numeric_order(report):
     assert f"| {MNIST} | rope | - | 58.00 ± 4.36 | 81.00 ± 2.65 |" in section
 
 
+def test_extrapolation_is_tested_against_rope_at_each_size_on_paired_seeds(tmp_path):
+    """Each variant's val acc at a size against rope's at that size: scipy's paired t on the seeds both evaluated
+    it, Holm over these comparisons alone."""
+    rope = {"40": [0.40, 0.46, 0.38, 0.44], "64": [0.20, 0.27, 0.18, None]}  # seed 3 of rope skipped 64 px
+    gain = {"40": [0.002, -0.003, 0.001, 0.000], "64": [0.050, 0.061, 0.049, 0.070]}
+    records = []
+    for seed in range(4):
+        for pos, added in (("rope", {size: 0.0 for size in rope}), ("liere", {size: gain[size][seed] for size in rope})):
+            record = run_record(pos, None, seed, 0.9)
+            record["extrapolation"] = {size: {"val_loss": 1.0, "val_acc": accuracies[seed] + added[size], "images": 64}
+                                       for size, accuracies in rope.items() if accuracies[seed] is not None}
+            records.append(record)
+    report = write_report([write_runs(tmp_path / "sweep", records)], tmp_path / "report")
+    rows = {row.arm: row for row in report.comparison.extrapolation_rows}
+    assert set(rows) == {"40px", "64px"} and {(row.label, row.versus) for row in rows.values()} == {("liere", "rope")}
+    for size, label in (("40", "40px"), ("64", "64px")):
+        seeds = [seed for seed in range(4) if rope[size][seed] is not None]
+        ours = [rope[size][seed] + gain[size][seed] for seed in seeds]
+        theirs = [rope[size][seed] for seed in seeds]
+        assert rows[label].test == "paired t"
+        assert rows[label].final_val_acc_diff_per_seed == pytest.approx(dict(zip(seeds, np.subtract(ours, theirs))))
+        assert rows[label].p_value == pytest.approx(stats.ttest_rel(ours, theirs).pvalue)
+    # A family of two: Holm doubles the smaller p and keeps the larger at least as large.
+    assert rows["64px"].p_value_holm == pytest.approx(2 * rows["64px"].p_value)
+    assert rows["64px"].verdict.startswith("higher than rope at 64px")
+    assert rows["40px"].verdict == "equivalent within ±0.5 pp"  # within ±0.3 points on every seed
+    section = (tmp_path / "report" / "comparison.md").read_text().split("## Extrapolation: difference from RoPE")[1]
+    assert "over these 2 comparisons alone" in section
+    assert f"| {MNIST} | liere | 64px | rope | paired t | 0: +5.00, 1: +6.10, 2: +4.90 | +5.33 |" in section
+
+
+def test_a_report_without_extrapolation_has_no_extrapolation_test(tmp_path):
+    records = [{**run_record(pos, None, seed, 0.9 + 0.01 * seed), "extrapolation": {}}
+               for pos in ("rope", "liere") for seed in range(3)]
+    report = write_report([write_runs(tmp_path / "sweep", records)], tmp_path / "report")
+    assert report.comparison.extrapolation_rows == []
+    assert "difference from RoPE" not in (tmp_path / "report" / "comparison.md").read_text()
+
+
 def test_failed_runs_are_listed_and_excluded(sweep, report):
     rows = summarize(collect_results([sweep]))
     assert row_for(rows, "cayley_sparse", 0.1).seeds == 1
@@ -473,7 +512,8 @@ def test_csv_reads_back_as_the_summary_rows(sweep, report):
 def test_plots_are_written_and_embedded_in_the_page(sweep, report):
     assert report == sweep / "report.html"
     page = report.read_text()
-    assert page.count("<table>") == 5  # accuracy, difference, seeds needed, extrapolation, failures
+    # accuracy, difference, seeds needed, extrapolation and its test against RoPE, failures
+    assert page.count("<table>") == 6
     for name in PLOTS:
         png = (sweep / name).read_bytes()
         assert png.startswith(b"\x89PNG")
