@@ -304,9 +304,9 @@ def difference_fields(difference: Optional[Difference], unpaired: Optional[Diffe
         "p_value": difference and difference.p_value, "p_value_holm": adjusted_p,
         "tost_p_value": tested.equivalence_p, "tost_p_value_holm": tested.equivalence_adjusted_p,
         "holm_level": tested.level,
-        "final_val_acc_diff_min_detectable": (difference and tested.level
-                                              and min_detectable_difference(difference.standard_error,
-                                                                            difference.df, tested.level)),
+        "final_val_acc_diff_min_detectable": (
+            min_detectable_difference(difference.standard_error, difference.df, tested.level)
+            if difference and tested.level and difference.standard_error else None),
         "final_val_acc_diff_min_detectable_unadjusted": difference and difference.min_detectable,
         "test_df": difference and difference.df,
         "final_val_acc_diff_unpaired": unpaired and unpaired.mean,

@@ -167,6 +167,8 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
     sizes, margin = comparison.extrapolation_sizes, f"±{100 * comparison.margin:g} pp"
     differences, plan = difference_table(comparison), plan_table(comparison)
     nothing_compared = f"No encoding in these runs is compared with {comparison.reference}."
+    no_spread = (" Where the per-seed Δ show no spread at all, t is undefined: p is then the exact sign-flip test's "
+                 "(the permutation test's, unpaired), and no interval is given.")
     reference_name = "RoPE" if comparison.reference == "rope" else comparison.reference
     return [
         ("Validation accuracy and cost",
@@ -179,7 +181,8 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
          accuracy_table(comparison)),
         (f"Difference from {reference_name}",
          f"Δ = final val acc minus {comparison.reference}'s, in points. Paired t over the seeds both arms ran "
-         f"(their per-seed Δ are listed) where at least two match; Welch's unpaired t otherwise; the test column says which. The "
+         f"(their per-seed Δ are listed) where at least two match; Welch's unpaired t otherwise; the test column says "
+         f"which.{no_spread} The "
          f"unpaired CI is shown beside for every variant, and for paired rows the ratio of the two widths. "
          f"p (Holm): adjusted over the {comparisons} comparisons in this report; higher or lower means p (Holm) < "
          f"{SIGNIFICANCE_LEVEL}, and \"before Holm's correction only\" that the 95% CI excludes 0 but the "
@@ -209,18 +212,19 @@ def report_sections(comparison: Comparison, failures: list[RunResult]) -> list[t
             f"{len(comparison.extrapolation_rows)} comparisons alone (every variant at every size), a family apart "
             f"from final val acc's; \"equivalent within {margin}\" only where TOST rejects after Holm over their "
             f"equivalence tests. What the extrapolation table shows, as a test; what it measures depends on the "
-            f"images evaluated (each run's results.json, evaluation_subsets).",
+            f"images evaluated (each run's results.json, evaluation_subsets).{no_spread}",
             arm_table(comparison.extrapolation_rows, "size"))] if comparison.extrapolation_rows else []),
         *([("Coordinates",
             "Each encoding against itself under other coordinates (the reference notebook's flat patch index "
             "where present): Δ = final val acc under the row's coordinates minus under `versus`, in points, "
             "paired over the seeds both ran; p (Holm) over these comparisons alone, a family apart from the "
-            "comparisons with RoPE.", arm_table(comparison.coordinate_rows, "coordinates"))]
+            f"comparisons with RoPE.{no_spread}", arm_table(comparison.coordinate_rows, "coordinates"))]
           if comparison.coordinate_rows else []),
         *([("Starts",
             "Each encoding started otherwise against itself started exactly as RoPE (pos.options.init=rope): Δ = "
             "final val acc under the row's start minus under init=rope, in points, paired over the seeds both ran; "
-            "p (Holm) over these comparisons alone. What the start gives, apart from what the encoding learns.",
+            f"p (Holm) over these comparisons alone. What the start gives, apart from what the encoding learns."
+            f"{no_spread}",
             arm_table(comparison.start_rows, "start"))] if comparison.start_rows else []),
         ("Failed runs", "Excluded from every statistic above." if failures else "None.", failure_table(failures)),
     ]

@@ -85,28 +85,48 @@ class Difference:
     df: float
     runs: str  # what each side contributed, e.g. "3 pairs" or "3 + 2" runs
     per_seed: Dict[int, float] = field(default_factory=dict)  # paired only: seed -> difference
+    arm_sizes: Tuple[int, int] = (0, 0)  # runs in each arm (pairs in each, for a paired test)
 
     @property
     def interval(self) -> Interval:
+        """None where the runs show no spread at all: a t interval of width 0 would claim certainty."""
+        if self.standard_error == 0:
+            return None
         return t_interval(self.mean, self.standard_error, self.df, DIFFERENCE_BOUNDS)
 
     @property
+    def exact_tail(self) -> float:
+        """Where the runs show no spread at all, t is undefined; accuracies are counts of images, so equal
+        differences on every seed do happen (-2 images of 2,048 on each of 3 seeds: t is infinite, and no three
+        seeds show that). The exact randomization test's one-sided p for such runs instead: one sign assignment
+        of the 2^n for n equal per-seed differences (sign-flip test), one labelling of the C(n + m, n) for two
+        arms of n and m equal runs each (permutation test)."""
+        if self.test == PAIRED:
+            return 0.5 ** len(self.per_seed)
+        return 1 / math.comb(sum(self.arm_sizes), self.arm_sizes[0])
+
+    @property
     def p_value(self) -> float:
-        """Two-sided; with no spread at all, 1 for a zero difference (nothing to find) and 0 otherwise."""
+        """Two-sided; with no spread at all, 1 for a zero difference (nothing to find) and otherwise the exact
+        randomization test's (exact_tail): both tails for a paired test or arms of equal size, one otherwise."""
         if self.standard_error == 0:
-            return 1.0 if self.mean == 0 else 0.0
+            if self.mean == 0:
+                return 1.0
+            both_tails = self.test == PAIRED or self.arm_sizes[0] == self.arm_sizes[1]
+            return min(1.0, (2 if both_tails else 1) * self.exact_tail)
         return float(2 * stats.t.sf(abs(self.mean / self.standard_error), self.df))
 
     @property
-    def min_detectable(self) -> float:
-        return min_detectable_difference(self.standard_error, self.df)
+    def min_detectable(self) -> Optional[float]:
+        """None where the runs show no spread: a t-test's power says nothing then (p_value)."""
+        return min_detectable_difference(self.standard_error, self.df) if self.standard_error else None
 
     def equivalence_p_value(self, margin: float) -> float:
         """Two one-sided tests (TOST) of H0: |difference| >= margin: the larger of the two one-sided p-values,
         p(difference <= -margin) from t = (mean + margin) / SE and p(difference >= margin) from
         t = (mean - margin) / SE. Small only when the difference is shown to lie inside (-margin, margin)."""
-        if self.standard_error == 0:
-            return 0.0 if abs(self.mean) < margin else 1.0
+        if self.standard_error == 0:  # each one-sided test as the exact randomization test (exact_tail)
+            return self.exact_tail if abs(self.mean) < margin else 1.0
         below = stats.t.sf((self.mean + margin) / self.standard_error, self.df)
         above = stats.t.cdf((self.mean - margin) / self.standard_error, self.df)
         return float(max(below, above))
@@ -120,7 +140,8 @@ def paired_difference(values: Dict[int, float], reference: Dict[int, float]) -> 
         return None
     per_seed = {seed: values[seed] - reference[seed] for seed in seeds}
     mean, std = mean_and_std(list(per_seed.values()))
-    return Difference(PAIRED, mean, std / math.sqrt(len(seeds)), len(seeds) - 1, f"{len(seeds)} pairs", per_seed)
+    return Difference(PAIRED, mean, std / math.sqrt(len(seeds)), len(seeds) - 1, f"{len(seeds)} pairs", per_seed,
+                      (len(seeds), len(seeds)))
 
 
 def welch_difference(values: Sequence[float], reference: Sequence[float]) -> Optional[Difference]:
@@ -133,7 +154,7 @@ def welch_difference(values: Sequence[float], reference: Sequence[float]) -> Opt
     denominator = sum(variance ** 2 / (len(arm) - 1) for variance, arm in zip(variances, (values, reference)))
     df = total ** 2 / denominator if denominator else len(values) + len(reference) - 2
     return Difference(WELCH, float(np.mean(values) - np.mean(reference)), math.sqrt(total), df,
-                      f"{len(values)} + {len(reference)}")
+                      f"{len(values)} + {len(reference)}", arm_sizes=(len(values), len(reference)))
 
 
 def holm_adjusted(p_values: Sequence[float]) -> List[float]:

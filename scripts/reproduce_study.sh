@@ -46,7 +46,8 @@ START_ENCODINGS=rope_mixed,liere,comrope_ap,comrope_ld
 MNIST_LEADERS=rope,circulant,liere
 NAMED_RUNS='hydra.sweep.subdir=${hydra:runtime.choices.variant}_seed${seed}'
 PARALLEL=hydra/launcher=parallel
-# Extrapolation on the first 16 test batches (2,048 images, the same for every run): a quarter of the full
+# Extrapolation on 16 test batches' worth of images (2,048, a class-stratified subset, the same for every run;
+# studies published before 2026-12-02 read the first 2,048 of the class-sorted folder): a quarter of the full
 # test set's cost at 64 px, where one evaluation at full size took longer than half an epoch here.
 CIFAR=(experiment=cifar10_variants dataset=image_folder "dataset.root=$CIFAR_JPEG"
        trainer.limit_extrapolation_batches=16 logger.mode=offline "$NAMED_RUNS" "$PARALLEL")

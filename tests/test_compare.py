@@ -2,6 +2,7 @@
 against the results published under docs/results/."""
 import base64
 import csv
+import itertools
 import json
 import logging
 import subprocess
@@ -203,10 +204,12 @@ def test_verdicts_follow_the_numbers(report):
     rows = summarize(collect_results([report.parent]))
     assert row_for(rows, "rope").verdict == "reference"
     assert row_for(rows, "cayley_dense").verdict == "higher than rope"
-    # Identical on every seed: a zero-width paired interval, so TOST shows equivalence within the margin.
-    assert row_for(rows, "cayley_sparse", 0.5).p_value == 1.0
-    assert row_for(rows, "cayley_sparse", 0.5).tost_p_value_holm == 0.0
-    assert row_for(rows, "cayley_sparse", 0.5).verdict == "equivalent within ±0.5 pp"
+    # Identical on every seed: no spread, so each one-sided test is the exact sign-flip test's 1 / 2^3, Holm over
+    # the report's two equivalence tests: three seeds cannot show equivalence, however alike.
+    identical = row_for(rows, "cayley_sparse", 0.5)
+    assert identical.p_value == 1.0 and identical.final_val_acc_diff_ci95_low is None
+    assert identical.tost_p_value == 0.125 and identical.tost_p_value_holm == 0.25
+    assert identical.verdict == "inconclusive (not significant)"
     assert row_for(rows, "cayley_sparse", 0.1).verdict == "n/a, too few seeds"
     lines = table_lines(markdown, "Difference from RoPE")
     assert set(lines) == {"cayley_dense | -", "cayley_sparse | 0.5", "cayley_sparse | 0.1"}
@@ -242,6 +245,43 @@ def test_equivalence_is_claimed_only_when_tost_rejects_after_holm(per_seed, adju
     low, high = difference.interval
     assert (low > 0 or high < 0) == (difference.p_value < 0.05)
     assert statistics.verdict(difference, adjusted_p, "rope", equivalence_adjusted_p, margin=0.005) == expected
+
+
+def sign_flip_p(deltas, alternative: str) -> float:
+    """The exact sign-flip test by enumeration: the share of the 2^n sign assignments whose mean is as extreme."""
+    observed = np.mean(deltas)
+    means = [np.mean(np.multiply(signs, np.abs(deltas))) for signs in itertools.product((-1, 1), repeat=len(deltas))]
+    extreme = {"two-sided": lambda mean: abs(mean) >= abs(observed) - 1e-15,
+               "greater": lambda mean: mean >= observed - 1e-15}[alternative]
+    return sum(map(extreme, means)) / len(means)
+
+
+def permutation_p(values, reference) -> float:
+    """The exact two-sided permutation test of two arms by enumeration."""
+    pooled, observed = np.concatenate([values, reference]), abs(np.mean(values) - np.mean(reference))
+    differences = [abs(np.mean(pooled[list(chosen)]) - np.mean(np.delete(pooled, list(chosen))))
+                   for chosen in itertools.combinations(range(len(pooled)), len(values))]
+    return sum(difference >= observed - 1e-15 for difference in differences) / len(differences)
+
+
+@pytest.mark.parametrize("pairs", [3, 5, 7])
+def test_runs_without_spread_are_judged_by_the_exact_randomization_test(pairs):
+    """Every seed 2 images of 2,048 behind: t would be infinite and say "lower"; the exact sign-flip test says
+    what n seeds can show. TOST likewise, at +-margin."""
+    delta = -2 / 2048
+    difference = statistics.paired_difference({seed: 0.5 + delta for seed in range(pairs)},
+                                              {seed: 0.5 for seed in range(pairs)})
+    assert difference.p_value == pytest.approx(sign_flip_p([delta] * pairs, "two-sided"))
+    assert difference.interval is None and difference.min_detectable is None
+    assert difference.equivalence_p_value(0.005) == pytest.approx(sign_flip_p([delta + 0.005] * pairs, "greater"))
+    assert difference.equivalence_p_value(0.0005) == 1.0  # outside this margin on every seed
+    adjusted = difference.p_value
+    assert statistics.verdict(difference, adjusted, "rope") == (
+        "lower than rope" if adjusted < 0.05 else "inconclusive (not significant)")
+    assert (pairs <= 5) == (adjusted > 0.05)  # 0.25 at 3 seeds, 0.0625 at 5: no verdict; 0.016 at 7
+    for values, reference in (([0.51, 0.51, 0.51], [0.5, 0.5, 0.5]), ([0.51, 0.51], [0.5, 0.5, 0.5])):
+        unpaired = statistics.welch_difference(values, reference)
+        assert unpaired.p_value == pytest.approx(permutation_p(values, reference))
 
 
 def test_tost_is_the_larger_of_scipys_two_one_sided_t_tests():
