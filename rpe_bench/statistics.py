@@ -205,9 +205,10 @@ def sd_upper_bound(sd: float, df: float, confidence: float = POWER) -> float:
 def seeds_to_detect(paired_sd: float, effect: float, alpha: float, most: int = 1000) -> Optional[int]:
     """The fewest paired seeds n (>= 2) at which a two-sided paired t-test at level `alpha` finds a true
     difference `effect` with probability 0.8, for per-seed differences of spread `paired_sd`; None beyond
-    `most`."""
+    `most`. With no spread the t-test is undefined (Difference.p_value): the seeds at which the exact sign-flip
+    test's smallest two-sided p, 2^(1-n), falls below `alpha`."""
     if paired_sd == 0:
-        return 2
+        return max(2, math.floor(1 - math.log2(alpha)) + 1)
     for seeds in range(2, most + 1):
         if two_sided_power(effect * math.sqrt(seeds) / paired_sd, seeds - 1, alpha) >= POWER:
             return seeds
@@ -227,9 +228,10 @@ def tost_power(paired_sd: float, seeds: int, margin: float, alpha: float, true_d
 
 def seeds_for_equivalence(paired_sd: float, margin: float, alpha: float, most: int = 1000) -> Optional[int]:
     """The fewest paired seeds at which TOST shows equivalence within `margin` with probability 0.8 when the
-    true difference is 0; None beyond `most`."""
+    true difference is 0; None beyond `most`. With no spread, the seeds at which each exact one-sided sign-flip
+    test's p, 2^-n, falls below `alpha` (Difference.equivalence_p_value)."""
     if paired_sd == 0:
-        return 2
+        return max(2, math.floor(-math.log2(alpha)) + 1)
     for seeds in range(2, most + 1):
         if tost_power(paired_sd, seeds, margin, alpha) >= POWER:
             return seeds

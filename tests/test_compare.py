@@ -284,6 +284,21 @@ def test_runs_without_spread_are_judged_by_the_exact_randomization_test(pairs):
         assert unpaired.p_value == pytest.approx(permutation_p(values, reference))
 
 
+@pytest.mark.parametrize("alpha", [0.05, 0.05 / 11, 0.01])
+def test_a_plan_from_runs_without_spread_asks_for_the_seeds_the_exact_test_needs(alpha):
+    """Equal per-seed differences: the seeds a plan names are the fewest at which the report's own p (sign-flip)
+    falls below alpha, for a difference and for equivalence."""
+    def p_values(pairs, delta):
+        difference = statistics.paired_difference({seed: 0.5 + delta for seed in range(pairs)},
+                                                  {seed: 0.5 for seed in range(pairs)})
+        return difference.p_value, difference.equivalence_p_value(0.005)
+
+    detect, equivalent = statistics.seeds_to_detect(0.0, 0.003, alpha), statistics.seeds_for_equivalence(0.0, 0.005,
+                                                                                                       alpha)
+    assert p_values(detect, 0.003)[0] < alpha <= p_values(detect - 1, 0.003)[0]
+    assert p_values(equivalent, 0.0)[1] < alpha <= p_values(equivalent - 1, 0.0)[1]
+
+
 def test_tost_is_the_larger_of_scipys_two_one_sided_t_tests():
     """Hand-made paired differences against scipy's one-sided one-sample t-tests at -margin and +margin."""
     deltas = np.array([0.0012, -0.0008, 0.0021, 0.0004, -0.0002, 0.0009])
