@@ -264,13 +264,18 @@ def permutation_p(values, reference) -> float:
     return sum(difference >= observed - 1e-15 for difference in differences) / len(differences)
 
 
+def equal_differences(pairs: int, delta: float) -> statistics.Difference:
+    """A paired difference of `delta` on each of `pairs` seeds: no spread at all."""
+    return statistics.paired_difference({seed: 0.5 + delta for seed in range(pairs)},
+                                        {seed: 0.5 for seed in range(pairs)})
+
+
 @pytest.mark.parametrize("pairs", [3, 5, 7])
 def test_runs_without_spread_are_judged_by_the_exact_randomization_test(pairs):
     """Every seed 2 images of 2,048 behind: t would be infinite and say "lower"; the exact sign-flip test says
     what n seeds can show. TOST likewise, at +-margin."""
     delta = -2 / 2048
-    difference = statistics.paired_difference({seed: 0.5 + delta for seed in range(pairs)},
-                                              {seed: 0.5 for seed in range(pairs)})
+    difference = equal_differences(pairs, delta)
     assert difference.p_value == pytest.approx(sign_flip_p([delta] * pairs, "two-sided"))
     assert difference.interval is None and difference.min_detectable is None
     assert difference.equivalence_p_value(0.005) == pytest.approx(sign_flip_p([delta + 0.005] * pairs, "greater"))
@@ -288,15 +293,11 @@ def test_runs_without_spread_are_judged_by_the_exact_randomization_test(pairs):
 def test_a_plan_from_runs_without_spread_asks_for_the_seeds_the_exact_test_needs(alpha):
     """Equal per-seed differences: the seeds a plan names are the fewest at which the report's own p (sign-flip)
     falls below alpha, for a difference and for equivalence."""
-    def p_values(pairs, delta):
-        difference = statistics.paired_difference({seed: 0.5 + delta for seed in range(pairs)},
-                                                  {seed: 0.5 for seed in range(pairs)})
-        return difference.p_value, difference.equivalence_p_value(0.005)
-
-    detect, equivalent = statistics.seeds_to_detect(0.0, 0.003, alpha), statistics.seeds_for_equivalence(0.0, 0.005,
-                                                                                                       alpha)
-    assert p_values(detect, 0.003)[0] < alpha <= p_values(detect - 1, 0.003)[0]
-    assert p_values(equivalent, 0.0)[1] < alpha <= p_values(equivalent - 1, 0.0)[1]
+    detect = statistics.seeds_to_detect(0.0, 0.003, alpha)
+    equivalent = statistics.seeds_for_equivalence(0.0, 0.005, alpha)
+    assert equal_differences(detect, 0.003).p_value < alpha <= equal_differences(detect - 1, 0.003).p_value
+    assert (equal_differences(equivalent, 0.0).equivalence_p_value(0.005) < alpha
+            <= equal_differences(equivalent - 1, 0.0).equivalence_p_value(0.005))
 
 
 def test_tost_is_the_larger_of_scipys_two_one_sided_t_tests():
@@ -474,7 +475,7 @@ def test_extrapolation_is_tested_against_rope_at_each_size_on_paired_seeds(tmp_p
     gain = {"40": [0.002, -0.003, 0.001, 0.000], "64": [0.050, 0.061, 0.049, 0.070]}
     records = []
     for seed in range(4):
-        for pos, added in (("rope", {size: 0.0 for size in rope}), ("liere", {size: gain[size][seed] for size in rope})):
+        for pos, added in (("rope", dict.fromkeys(rope, 0.0)), ("liere", {size: gain[size][seed] for size in rope})):
             record = run_record(pos, None, seed, 0.9)
             record["extrapolation"] = {size: {"val_loss": 1.0, "val_acc": accuracies[seed] + added[size], "images": 64}
                                        for size, accuracies in rope.items() if accuracies[seed] is not None}
